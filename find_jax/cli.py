@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from pathlib import Path
 
 log = logging.getLogger("find_jax")
 
@@ -75,9 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--num-images", type=int, default=None, help="number of images (default 1, or the rows of --latents)"
     )
     s.add_argument("--seed", type=int, default=0, help="PRNG seed for x_T draws and eta noise (default 0)")
-    s.add_argument(
-        "--latents", default=None, help=".npy file of initial latents [N, C, h, w] used instead of draws"
-    )
+    s.add_argument("--latents", default=None, help=".npy file of initial latents [N, C, h, w] used instead of draws")
     s.add_argument(
         "--workdir",
         default=None,
@@ -90,7 +89,143 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_flags(s)
     _add_sampler_flags(s)
     s.set_defaults(func=cmd_sample)
+
+    o = sub.add_parser(
+        "optimize",
+        help="learn the initial-noise distribution N(mu, sigma^2) for a prompt (FIND)",
+        description="FIND: optimise a per-element Gaussian over the initial latent with policy gradients, the "
+        "Dynamic Reward Calibration Module and ratio clipping. The workdir receives config.json, metrics.jsonl, "
+        "Orbax checkpoints (checkpoints/), final_samples.npy/final_latents.npy/final_rewards.npy, final PNGs and "
+        "reward_curve.png. Re-running with the same --workdir resumes; another setup in it is refused.",
+    )
+    o.add_argument("--prompt", required=True, help="the text prompt to align the distribution with")
+    o.add_argument("--workdir", default=None, help="run directory (default: runs/<prompt-slug>)")
+    o.add_argument(
+        "--preset",
+        default="paper",
+        choices=("paper", "official", "tiny"),
+        help="paper: the paper's method (default); official: the public PyTorch code's behaviour; "
+        "tiny: a few iterations for smoke tests",
+    )
+    o.add_argument(
+        "--reward",
+        default=None,
+        help="reward name (default: the model's recommendation, e.g. 'shapes' for the shipped model, "
+        "else 'imagereward'); see `find-jax rewards`",
+    )
+    o.add_argument("--reward-path", default=None, help="directory holding the reward model's weights")
+    o.add_argument(
+        "--reward-option",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="extra reward factory option (repeatable; VALUE is parsed as JSON when it can be)",
+    )
+    o.add_argument("--iterations", type=int, default=None, help="FIND iterations (paper: 150)")
+    o.add_argument("--samples-per-iter", type=int, default=None, help="noises sampled per iteration (paper: 1)")
+    o.add_argument("--seed", type=int, default=None, help="the run's seed (default 0)")
+    o.add_argument("--lr", type=float, default=None, help="AdamW learning rate on (mu, sigma) (paper: 1e-3)")
+    o.add_argument("--clip-eps", type=float, default=None, help="ratio clipping epsilon (paper 0.02, official 0.2)")
+    o.add_argument("--no-drcm", action="store_true", help="ablation: raw reward instead of r - V (w/o DRCM)")
+    o.add_argument("--no-rca", action="store_true", help="ablation: plain REINFORCE, no ratio clipping (w/o RCA)")
+    o.add_argument("--checkpoint-every", type=int, default=None, help="checkpoint every K iterations")
+    o.add_argument("--quiet", action="store_true", help="no progress bar (for logs)")
+    _add_model_flags(o)
+    _add_sampler_flags(o, defaults_from_preset=True)
+    o.set_defaults(func=cmd_optimize)
+
+    e = sub.add_parser(
+        "export",
+        help="write a run's mu and sigma for the PyTorch reference code",
+        description="Export the learned distribution: npz (mu, sigma [C, h, w]) or pt (torch.save of "
+        "{'mean', 'std'} tensors [1, C, h, w], as the public PyTorch code stores them).",
+    )
+    e.add_argument("--workdir", required=True, help="a FIND run directory")
+    e.add_argument("--format", default="npz", choices=("npz", "pt"))
+    e.add_argument("--out", required=True, help="output file")
+    e.set_defaults(func=cmd_export)
+
+    r = sub.add_parser("rewards", help="list the registered rewards and where their weights come from")
+    r.set_defaults(func=cmd_rewards)
     return parser
+
+
+def _slug(text: str) -> str:
+    import re
+
+    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:60] or "run"
+
+
+def _reward_options(args: argparse.Namespace) -> dict:
+    import json
+
+    options = {}
+    for item in args.reward_option:
+        if "=" not in item:
+            raise ValueError(f"--reward-option takes KEY=VALUE; got {item!r}")
+        key, value = item.split("=", 1)
+        try:
+            options[key] = json.loads(value)
+        except json.JSONDecodeError:
+            options[key] = value
+    if args.reward_path:
+        options["path"] = args.reward_path
+    return options
+
+
+def cmd_optimize(args: argparse.Namespace) -> int:
+    from find_jax.optimize import make_config, run
+    from find_jax.report import write_run_report
+
+    overrides = dict(
+        prompt=args.prompt,
+        model=args.model,
+        reward=args.reward,
+        iterations=args.iterations,
+        samples_per_iter=args.samples_per_iter,
+        seed=args.seed,
+        lr=args.lr,
+        clip_eps=args.clip_eps,
+        checkpoint_every=args.checkpoint_every,
+        negative_prompt=args.negative_prompt or None,
+        steps=args.steps,
+        guidance=args.guidance,
+        eta=args.eta,
+        height=args.height,
+        width=args.width,
+        dtype=args.dtype,
+    )
+    options = _reward_options(args)
+    if options:
+        overrides["reward_options"] = options
+    if args.no_drcm:
+        overrides["use_drcm"] = False
+    if args.no_rca:
+        overrides["use_rca"] = False
+    config = make_config(args.preset, **overrides)
+    workdir = Path(args.workdir or Path("runs") / _slug(args.prompt))
+    log.info("FIND %s preset, %d iterations, reward %s -> %s", args.preset, config.iterations, config.reward, workdir)
+    state = run(config, workdir, progress=not args.quiet)
+    summary = write_run_report(workdir)
+    log.info("done: step %d, %s", int(state.step), summary)
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from find_jax.export import export
+
+    out = export(args.workdir, args.format, args.out)
+    log.info("wrote %s", out)
+    return 0
+
+
+def cmd_rewards(args: argparse.Namespace) -> int:
+    from reward_models import available, spec
+
+    for name in available():
+        s = spec(name)
+        print(f"{name:16s} {s.description}  [weights: {s.weights}]")
+    return 0
 
 
 def _setup(args: argparse.Namespace) -> None:
@@ -114,7 +249,22 @@ def cmd_sample(args: argparse.Namespace) -> int:
     if args.workdir is not None:
         from find_jax.optimize import sample_from_run
 
-        return sample_from_run(args)
+        images, latents, meta = sample_from_run(
+            args.workdir,
+            num_images=args.num_images or 1,
+            seed=args.seed,
+            prompt=args.prompt,
+            batch_size=args.batch_size,
+            negative_prompt=args.negative_prompt or None,
+            steps=args.steps,
+            guidance=args.guidance,
+            eta=args.eta,
+            height=args.height,
+            width=args.width,
+        )
+        write_images(args.out, images, latents, meta, overwrite=args.overwrite)
+        log.info("wrote %d images from the distribution learned in %s to %s", len(images), args.workdir, args.out)
+        return 0
     if args.prompt is None:
         raise SystemExit("find-jax sample: --prompt is required (or --workdir of a FIND run)")
     model = load_model(args.model, dtype=args.dtype, weights=args.weights)
@@ -145,13 +295,21 @@ def cmd_sample(args: argparse.Namespace) -> int:
     return 0
 
 
+def _user_errors() -> tuple[type[BaseException], ...]:
+    """Exceptions that mean bad input or an unusable run directory: reported in one line, not a traceback."""
+    from find_jax.checkpoint import CheckpointError
+    from find_jax.trainer import BadRewardError, RunDirError
+
+    return (FileNotFoundError, FileExistsError, ValueError, RunDirError, BadRewardError, CheckpointError)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     _setup(args)
     try:
         return args.func(args)
-    except (FileNotFoundError, FileExistsError, ValueError) as e:
+    except _user_errors() as e:
         # Bad input: one clear line, no traceback (DESIGN §8). --verbose shows the traceback.
         if args.verbose:
             raise

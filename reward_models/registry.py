@@ -150,4 +150,5 @@ _BUILTIN_MODULES: list[str] = [
     "reward_models.aesthetic",
     "reward_models.pickscore",
     "reward_models.imagereward",
+    "reward_models.shapes",
 ]

@@ -1,0 +1,32 @@
+# Two commands for a newcomer: `make run` (the main job) and `make test` (the test suite).
+# Both create .venv and install the project from its own files first.
+VENV   ?= .venv
+PYTHON ?= python3
+BIN     = $(VENV)/bin
+PROMPT ?= a green circle
+
+.PHONY: install run test lint format
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	# torch is pinned to the CPU build 2.13.0 by the test extra (a bare `torch` pulls a multi-GB CUDA build).
+	$(BIN)/python -m pip install -q -e ".[test]"
+	touch $@
+
+# The main job: FIND on the shipped shapes-world model, reward `shapes`, 150 iterations.
+run: install
+	$(BIN)/find-jax optimize --prompt "$(PROMPT)"
+
+lint: install
+	$(BIN)/ruff format --check .
+	$(BIN)/ruff check .
+
+test: lint
+	$(BIN)/python -m pytest -q
+
+format: install
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .

@@ -1,0 +1,193 @@
+"""The shapes-world scorer: exact prompt alignment of a 32x32 image, as a reward with ground truth.
+
+The caption is parsed with the world's grammar (:func:`find_jax.shapes.world.parse_caption`; anything
+else raises ``ValueError`` listing the grammar). The image is measured:
+
+1. each pixel is classified to the nearest (Euclidean RGB) of black + the six world colours;
+2. connected components (8-connectivity) per colour; components under ``min_pixels`` are specks and
+   dropped;
+3. each component's shape from its bounding box: an upright triangle fills the top half of its box much
+   less than the bottom half (ratio < 0.7) or fills < 0.69 of the box (exact triangles: 0.58-0.63);
+   otherwise a square fills >= 0.92 (exact: 1.0), a circle less (exact: 0.76-0.85);
+4. its centre is the bounding-box centre ``(col0 + w/2, row0 + h/2)``; "on the left" is ``x < 16``,
+   "at the top" ``y < 16``; "A to the left of B" is ``x_A < x_B``, "A above B" is ``y_A < y_B``.
+
+Reward (partial credit, in ``[0, 1]``): the mean of
+
+* ``colour``: multiset overlap of found vs named colours, over the number named;
+* ``shape``: the same for shapes;
+* ``count``: ``1 - min(1, |found - named| / named)``;
+* ``position`` (positional and relation captions only): 1 when some found objects of the named kinds
+  satisfy the position / relation;
+* ``nothing_extra``: 1 when every found object is one the caption names (as a multiset).
+
+``exact`` (the alignment the issue counts) holds iff the found ``(colour, shape)`` multiset equals the
+named one and the position / relation holds; then every term is 1, so ``reward == 1.0 <=> exact``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections import Counter
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from find_jax.shapes import world
+from reward_models.registry import register
+
+PALETTE_NAMES: tuple[str, ...] = ("black", *world.COLOUR_NAMES)
+PALETTE = np.array([(0.0, 0.0, 0.0), *world.COLOURS.values()], dtype=np.float32)  # [7, 3]
+MIN_PIXELS = 10  # components smaller than this are specks (the smallest world object has 25 px)
+SQUARE_FILL = 0.92  # bounding-box fill at or above which a (non-triangle) object is a square
+TRIANGLE_FILL = 0.69  # fill below which an object is a triangle
+TRIANGLE_TOP_BOTTOM = 0.7  # top-half / bottom-half fill below which an object is a triangle
+_EIGHT = np.ones((3, 3), dtype=bool)
+
+
+@dataclasses.dataclass(frozen=True)
+class FoundObject:
+    """An object measured in an image."""
+
+    colour: str  # world colour name
+    shape: str  # world shape name
+    centre: tuple[float, float]  # (x, y) bounding-box centre, px
+    bbox: tuple[int, int, int, int]  # (row0, col0, height, width)
+    pixels: int  # pixel count of the component
+    fill: float  # pixels / bounding-box area
+
+
+@dataclasses.dataclass(frozen=True)
+class ShapesScore:
+    """Score of one (image, caption) pair."""
+
+    reward: float  # partial credit in [0, 1]; 1.0 iff exact
+    exact: bool  # the image holds exactly the named objects at the named positions, nothing else
+    details: dict[str, Any]  # per-term scores ("colour", "shape", ...) and "objects": list[FoundObject]
+
+
+def classify_pixels(image: np.ndarray) -> np.ndarray:
+    """``[H, W, 3]`` in ``[0, 1]`` -> ``[H, W]`` int palette index (0 = black, 1.. = world colours)."""
+    d = ((image[:, :, None, :] - PALETTE[None, None]) ** 2).sum(-1)  # [H, W, 7]
+    return np.argmin(d, axis=-1)
+
+
+def _shape_of(mask: np.ndarray) -> tuple[str, float]:
+    """Shape name and fill ratio of a component cropped to its bounding box ``[h, w]``."""
+    h, w = mask.shape
+    fill = float(mask.mean())
+    half = h // 2
+    top = mask[:half].mean() if half else 1.0
+    bottom = mask[h - half :].mean() if half else 1.0
+    if fill < TRIANGLE_FILL or (bottom > 0 and top / bottom < TRIANGLE_TOP_BOTTOM):
+        return "triangle", fill
+    return ("square" if fill >= SQUARE_FILL else "circle"), fill
+
+
+def find_objects(image: np.ndarray, *, min_pixels: int = MIN_PIXELS) -> list[FoundObject]:
+    """Objects of an image ``[32, 32, 3]`` in ``[0, 1]``, in raster order of their first pixel."""
+    from scipy import ndimage
+
+    labels = classify_pixels(np.asarray(image, dtype=np.float32))
+    found = []
+    for k, name in enumerate(PALETTE_NAMES[1:], start=1):
+        comp, n = ndimage.label(labels == k, structure=_EIGHT)
+        if n == 0:
+            continue
+        for i, sl in enumerate(ndimage.find_objects(comp), start=1):
+            mask = comp[sl] == i
+            pixels = int(mask.sum())
+            if pixels < min_pixels:
+                continue
+            shape, fill = _shape_of(mask)
+            r0, c0 = sl[0].start, sl[1].start
+            h, w = mask.shape
+            found.append(FoundObject(name, shape, (c0 + w / 2.0, r0 + h / 2.0), (r0, c0, h, w), pixels, fill))
+    found.sort(key=lambda o: (o.bbox[0], o.bbox[1]))
+    return found
+
+
+def _overlap(a: Counter, b: Counter) -> int:
+    return sum((a & b).values())
+
+
+def _position_holds(objects: list[FoundObject], caption: world.Caption) -> bool:
+    mid = world.IMAGE_SIZE / 2.0
+    if caption.kind == "position":
+        test = {
+            "on the left": lambda x, y: x < mid,
+            "on the right": lambda x, y: x > mid,
+            "at the top": lambda x, y: y < mid,
+            "at the bottom": lambda x, y: y > mid,
+        }[caption.position]
+        return any(
+            o.colour == caption.colour and o.shape == caption.shape and test(*o.centre) for o in objects
+        )
+    firsts = [o for o in objects if (o.colour, o.shape) == (caption.colour, caption.shape)]
+    seconds = [o for o in objects if (o.colour, o.shape) == (caption.colour2, caption.shape2)]
+    return any(
+        a is not b and world.relation_holds(a.centre, b.centre, caption.relation) for a in firsts for b in seconds
+    )
+
+
+def score_objects(objects: list[FoundObject], caption: str | world.Caption) -> ShapesScore:
+    """Scores measured ``objects`` against ``caption`` (see the module docstring)."""
+    cap = caption if isinstance(caption, world.Caption) else world.parse_caption(caption)
+    named = cap.expected_objects()
+    n = len(named)
+    found_pairs = Counter((o.colour, o.shape) for o in objects)
+    named_pairs = Counter(named)
+    terms = {
+        "colour": _overlap(Counter(o.colour for o in objects), Counter(c for c, _ in named)) / n,
+        "shape": _overlap(Counter(o.shape for o in objects), Counter(s for _, s in named)) / n,
+        "count": 1.0 - min(1.0, abs(len(objects) - n) / n),
+        "nothing_extra": float(not (found_pairs - named_pairs)),
+    }
+    if cap.kind in ("position", "relation"):
+        terms["position"] = float(_position_holds(objects, cap))
+    exact = found_pairs == named_pairs and terms.get("position", 1.0) == 1.0
+    reward = 1.0 if exact else min(float(np.mean(list(terms.values()))), 0.99)
+    return ShapesScore(reward, exact, {**terms, "objects": objects})
+
+
+def score(image: Any, caption: str, *, min_pixels: int = MIN_PIXELS) -> ShapesScore:
+    """Scores one image ``[32, 32, 3]`` float in ``[0, 1]`` against a world caption."""
+    cap = world.parse_caption(caption)
+    image = np.asarray(image, dtype=np.float32)
+    if image.ndim != 3 or image.shape[-1] != 3:
+        raise ValueError(f"image must be [H, W, 3]; got shape {image.shape}")
+    if image.shape[:2] != (world.IMAGE_SIZE, world.IMAGE_SIZE):
+        raise ValueError(
+            f"the shapes world is {world.IMAGE_SIZE}x{world.IMAGE_SIZE}; got an image of shape {image.shape}"
+        )
+    return score_objects(find_objects(image, min_pixels=min_pixels), cap)
+
+
+def score_batch(images: Any, captions: Sequence[str], *, min_pixels: int = MIN_PIXELS) -> list[ShapesScore]:
+    """:func:`score` over ``images [B, 32, 32, 3]`` and ``B`` captions (all captions parsed first)."""
+    for i, c in enumerate(captions):
+        try:
+            world.parse_caption(c)
+        except ValueError as e:
+            raise ValueError(f"prompt {i}: {e}") from None
+    images = np.asarray(images, dtype=np.float32)
+    return [score(im, c, min_pixels=min_pixels) for im, c in zip(images, captions, strict=True)]
+
+
+@register(
+    "shapes",
+    description="shapes-world alignment (colour, shape, count, position), partial credit in [0, 1]",
+    weights="none",
+)
+def make_shapes_reward(*, exact: bool = False, min_pixels: int = MIN_PIXELS):
+    """Factory: ``reward_fn(images [B, 32, 32, 3], prompts) -> [B]`` float32.
+
+    ``exact=True`` returns the exact-alignment flag (0/1) instead of the partial credit.
+    """
+
+    def reward_fn(images: Any, prompts: Sequence[str]) -> np.ndarray:
+        scores = score_batch(images, prompts, min_pixels=min_pixels)
+        return np.array([float(s.exact) if exact else s.reward for s in scores], dtype=np.float32)
+
+    return reward_fn

@@ -1,0 +1,130 @@
+"""`find-jax optimize / export / sample --workdir` end to end on the tiny random SD model."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from find_jax.cli import main
+
+
+@pytest.fixture(scope="module")
+def run_dir(tiny_sd_dir, tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("runs") / "red-cat"
+    args = [
+        "optimize",
+        "--model",
+        str(tiny_sd_dir),
+        "--prompt",
+        "a red cat",
+        "--reward",
+        "brightness",
+        "--preset",
+        "tiny",
+        "--iterations",
+        "6",
+        "--checkpoint-every",
+        "3",
+        "--workdir",
+        str(workdir),
+        "--cache-dir",
+        "off",
+        "--quiet",
+    ]
+    assert main(args) == 0
+    return workdir, args
+
+
+def test_optimize_writes_every_file(run_dir):
+    workdir, _ = run_dir
+    for name in (
+        "config.json",
+        "metrics.jsonl",
+        "final_samples.npy",
+        "final_latents.npy",
+        "final_rewards.npy",
+        "reward_curve.png",
+        "final_samples.png",
+    ):
+        assert (workdir / name).is_file(), name
+    assert any((workdir / "checkpoints").iterdir())
+    record = json.loads((workdir / "config.json").read_text())
+    assert record["config"]["prompt"] == "a red cat" and record["config"]["reward"] == "brightness"
+    assert record["model_id"] and record["weights_hash"]
+    assert record["latent_shape"] == [4, 8, 8]
+    lines = (workdir / "metrics.jsonl").read_text().splitlines()
+    assert len(lines) == 6
+    m = json.loads(lines[-1])
+    for key in ("reward/mean", "reward/max", "drcm/loss", "rca/clip_frac", "time/iter_s"):
+        assert key in m, key
+    samples = np.load(workdir / "final_samples.npy")
+    assert samples.shape[1:] == (16, 16, 3) and 0 <= samples.min() and samples.max() <= 1
+
+
+def test_rerun_resumes_and_other_setup_is_refused(run_dir, capsys):
+    workdir, args = run_dir
+    before = (workdir / "metrics.jsonl").read_text()
+    assert main(args) == 0  # finished run: resumes at the end, nothing redone
+    assert (workdir / "metrics.jsonl").read_text() == before
+    other = [a if a != "a red cat" else "a blue dog" for a in args]
+    assert main(other) == 2
+    err = capsys.readouterr().err
+    assert "prompt" in err
+    assert (workdir / "metrics.jsonl").read_text() == before  # nothing lost
+
+
+def test_export_npz_and_pt(run_dir, tmp_path):
+    import torch
+
+    workdir, _ = run_dir
+    assert main(["export", "--workdir", str(workdir), "--format", "npz", "--out", str(tmp_path / "d.npz")]) == 0
+    d = np.load(tmp_path / "d.npz")
+    assert d["mu"].shape == d["sigma"].shape == (4, 8, 8) and (d["sigma"] > 0).all()
+    assert main(["export", "--workdir", str(workdir), "--format", "pt", "--out", str(tmp_path / "d.pt")]) == 0
+    t = torch.load(tmp_path / "d.pt")
+    assert tuple(t["mean"].shape) == tuple(t["std"].shape) == (1, 4, 8, 8)
+    np.testing.assert_allclose(t["mean"][0].numpy(), d["mu"])
+    np.testing.assert_allclose(t["std"][0].numpy(), d["sigma"])
+
+
+def test_sample_from_learned_distribution(run_dir, tmp_path):
+    workdir, _ = run_dir
+    out = tmp_path / "s"
+    assert (
+        main(
+            [
+                "sample",
+                "--workdir",
+                str(workdir),
+                "--num-images",
+                "3",
+                "--seed",
+                "1",
+                "--out",
+                str(out),
+                "--cache-dir",
+                "off",
+            ]
+        )
+        == 0
+    )
+    images = np.load(out / "images.npy")
+    latents = np.load(out / "latents.npy")
+    assert images.shape == (3, 16, 16, 3) and latents.shape == (3, 4, 8, 8)
+    d = np.load(workdir / "final_latents.npy")
+    assert d.shape[1:] == latents.shape[1:]
+
+
+def test_bad_optimize_inputs(tiny_sd_dir, tmp_path, capsys):
+    base = ["optimize", "--model", str(tiny_sd_dir), "--preset", "tiny", "--cache-dir", "off", "--quiet"]
+    assert main([*base, "--prompt", "x", "--reward", "nope", "--workdir", str(tmp_path / "a")]) == 2
+    assert "available rewards" in capsys.readouterr().err
+    assert main([*base, "--prompt", "", "--reward", "brightness", "--workdir", str(tmp_path / "b")]) == 2
+    assert "empty" in capsys.readouterr().err
+    (tmp_path / "c").mkdir()
+    (tmp_path / "c" / "precious.txt").write_text("keep me")
+    assert main([*base, "--prompt", "x", "--reward", "brightness", "--workdir", str(tmp_path / "c")]) == 2
+    assert (tmp_path / "c" / "precious.txt").read_text() == "keep me"
+    assert main(["export", "--workdir", str(tmp_path / "c"), "--out", str(tmp_path / "x.npz")]) == 2
