@@ -65,9 +65,8 @@ def build_environment(config: FindConfig, model: DiffusionModel | None = None):
 
 def run(config: FindConfig, workdir: str | Path, *, progress: bool = False, model: DiffusionModel | None = None):
     """Runs (or resumes) FIND for ``config`` in ``workdir``; returns the final :class:`FindState`."""
-    from reward_models import make_reward
-
     from find_jax import trainer
+    from reward_models import make_reward
 
     reward_fn = make_reward(config.reward, **dict(config.reward_options))
     model, env = build_environment(config, model)
