@@ -98,8 +98,27 @@ def build_parser() -> argparse.ArgumentParser:
         "Orbax checkpoints (checkpoints/), final_samples.npy/final_latents.npy/final_rewards.npy, final PNGs and "
         "reward_curve.png. Re-running with the same --workdir resumes; another setup in it is refused.",
     )
-    o.add_argument("--prompt", required=True, help="the text prompt to align the distribution with")
-    o.add_argument("--workdir", default=None, help="run directory (default: runs/<prompt-slug>)")
+    o.add_argument("--prompt", default=None, help="the text prompt to align the distribution with (or --prompts-file)")
+    o.add_argument(
+        "--prompts-file",
+        default=None,
+        help="optimise every prompt of a file instead of --prompt: a CSV with a 'Prompts' (and 'Category') "
+        "header as DrawBench's, a JSON {prompt: {'category': ...}} or list, or text with one prompt a line. "
+        "Writes WORKDIR/prompts.json and one run directory WORKDIR/NNN-<slug>/ per prompt (all with --seed)",
+    )
+    o.add_argument("--category", default=None, help="with --prompts-file: only the prompts of this category")
+    o.add_argument(
+        "--batch-prompts",
+        type=int,
+        default=None,
+        help="with --prompts-file: optimise P prompts at once (vmapped update, one sampler call on P*N latents, "
+        "the prompt axis sharded over the devices; default 1)",
+    )
+    o.add_argument(
+        "--workdir",
+        default=None,
+        help="run directory (default: runs/<prompt-slug>, or runs/<prompts-file-name>[-<category>] for a prompt set)",
+    )
     o.add_argument(
         "--preset",
         default="paper",
@@ -133,6 +152,29 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_flags(o)
     _add_sampler_flags(o, defaults_from_preset=True)
     o.set_defaults(func=cmd_optimize)
+
+    v = sub.add_parser(
+        "evaluate",
+        help="score base vs optimised images (same seeds) for every prompt of a FIND workdir",
+        description="For each prompt of a batch workdir (or one run directory): sample N images from N(0, I) and "
+        "from the learned distribution with the same noises, score them with each reward, and write "
+        "OUT/eval.md and OUT/eval.json (per-prompt and per-category means with 95%% intervals, optimisation time "
+        "per prompt), OUT/grids/NNN-<slug>.png (top row base, bottom row FIND) and OUT/reward_curves.png.",
+    )
+    v.add_argument("--workdir", required=True, help="a `find-jax optimize` workdir (prompt set or single run)")
+    v.add_argument(
+        "--reward",
+        default=None,
+        help="reward name(s), comma-separated, e.g. imagereward,aesthetic (default: the runs' optimisation reward)",
+    )
+    v.add_argument("--num-images", type=int, default=4, help="images per prompt and distribution (default 4)")
+    v.add_argument("--seed", type=int, default=0, help="seed of the shared noises (default 0)")
+    v.add_argument("--batch-size", type=int, default=8, help="images per sampler call (default 8)")
+    v.add_argument("--out", default=None, help="output directory (default WORKDIR/eval)")
+    v.add_argument("--overwrite", action="store_true", help="replace an earlier evaluation in --out")
+    v.add_argument("--quiet", action="store_true", help="no progress bar (for logs)")
+    _add_model_flags(v)
+    v.set_defaults(func=cmd_evaluate)
 
     e = sub.add_parser(
         "export",
@@ -177,6 +219,14 @@ def cmd_optimize(args: argparse.Namespace) -> int:
     from find_jax.optimize import make_config, run
     from find_jax.report import write_run_report
 
+    if args.prompts_file is not None and args.prompt is not None:
+        raise ValueError("give --prompt TEXT or --prompts-file FILE, not both")
+    if args.prompts_file is None:
+        if args.prompt is None:
+            raise ValueError("give the prompt to optimise: --prompt TEXT, or --prompts-file FILE for a prompt set")
+        for flag, value in (("--category", args.category), ("--batch-prompts", args.batch_prompts)):
+            if value is not None:
+                raise ValueError(f"{flag} needs --prompts-file")
     overrides = dict(
         prompt=args.prompt,
         model=args.model,
@@ -203,11 +253,77 @@ def cmd_optimize(args: argparse.Namespace) -> int:
     if args.no_rca:
         overrides["use_rca"] = False
     config = make_config(args.preset, **overrides)
+    if args.prompts_file is not None:
+        return _optimize_prompt_set(args, config)
     workdir = Path(args.workdir or Path("runs") / _slug(args.prompt))
     log.info("FIND %s preset, %d iterations, reward %s -> %s", args.preset, config.iterations, config.reward, workdir)
     state = run(config, workdir, progress=not args.quiet)
     summary = write_run_report(workdir)
     log.info("done: step %d, %s", int(state.step), summary)
+    return 0
+
+
+def _optimize_prompt_set(args: argparse.Namespace, config) -> int:
+    from find_jax.batch import batch_summary, initialize_distributed, run_batch
+    from find_jax.prompts import read_prompts
+
+    initialize_distributed()
+    items = read_prompts(args.prompts_file, category=args.category)
+    batch_prompts = 1 if args.batch_prompts is None else args.batch_prompts
+    if batch_prompts < 1:
+        raise ValueError(f"--batch-prompts must be >= 1; got {batch_prompts}")
+    name = Path(args.prompts_file).stem + (f"-{args.category}" if args.category else "")
+    workdir = Path(args.workdir or Path("runs") / _slug(name))
+    log.info(
+        "FIND %s preset over %d prompts, %d at a time, %d iterations, reward %s -> %s",
+        args.preset,
+        len(items),
+        batch_prompts,
+        config.iterations,
+        config.reward,
+        workdir,
+    )
+    result = run_batch(config, items, workdir, batch_prompts=batch_prompts, progress=not args.quiet)
+    log.info("done: %s", batch_summary(result))
+    if result.failed:
+        for r in result.failed:
+            print(f"find-jax optimize: prompt {r.index} {r.prompt!r} failed: {r.error}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from find_jax.evaluate import evaluate, list_runs
+    from find_jax.trainer import read_run
+
+    rewards = args.reward
+    if rewards is None:
+        entries = list_runs(args.workdir)
+        rewards = read_run(entries[0].run_dir)[0].reward
+    model = None
+    if args.model is not None:
+        from find_jax.models import load_model
+
+        model = load_model(args.model, dtype=args.dtype, weights=args.weights)
+    report = evaluate(
+        args.workdir,
+        rewards=rewards,
+        num_images=args.num_images,
+        seed=args.seed,
+        batch_size=args.batch_size,
+        out=args.out,
+        overwrite=args.overwrite,
+        progress=not args.quiet,
+        model=model,
+    )
+    out = Path(args.out) if args.out else Path(args.workdir) / "eval"
+    for c in report["categories"]:
+        if c["category"] == "all":
+            for name, r in c["rewards"].items():
+                base, find = r["base"]["mean"], r["find"]["mean"]
+                if base is not None:
+                    log.info("%s over %d prompts: base %.4f -> FIND %.4f", name, c["prompts"], base, find)
+    log.info("wrote %s and %s", out / "eval.md", out / "eval.json")
     return 0
 
 
