@@ -35,22 +35,16 @@ def _add_model_flags(p: argparse.ArgumentParser) -> None:
     )
 
 
-def _add_sampler_flags(p: argparse.ArgumentParser, *, defaults_from_preset: bool = False) -> None:
+def _add_sampler_flags(p: argparse.ArgumentParser, *, suffix: str) -> None:
+    """Sampler flags. Their defaults are None and resolved by the subcommand; ``suffix`` says how (in --help)."""
     g = p.add_argument_group("sampler")
-    d = (lambda v: None) if defaults_from_preset else (lambda v: v)
-    suffix = " (default: the preset's)" if defaults_from_preset else ""
     g.add_argument(
         "--negative-prompt", default="", help="negative prompt for classifier-free guidance (default: empty)"
     )
-    g.add_argument("--steps", type=int, default=d(50), help="DDIM steps (default 50)" + suffix)
+    g.add_argument("--steps", type=int, default=None, help=f"DDIM steps (default 50{suffix})")
+    g.add_argument("--guidance", type=float, default=None, help=f"classifier-free guidance scale (default 7.5{suffix})")
     g.add_argument(
-        "--guidance", type=float, default=d(7.5), help="classifier-free guidance scale (default 7.5)" + suffix
-    )
-    g.add_argument(
-        "--eta",
-        type=float,
-        default=d(0.0),
-        help="DDIM eta: 0 deterministic, 1 DDPM-like (default 0)" + suffix,
+        "--eta", type=float, default=None, help=f"DDIM eta: 0 deterministic, 1 DDPM-like (default 0{suffix})"
     )
     g.add_argument("--height", type=int, default=None, help="image height in pixels (default: the model's)")
     g.add_argument("--width", type=int, default=None, help="image width in pixels (default: the model's)")
@@ -87,7 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", required=True, help="output directory")
     s.add_argument("--overwrite", action="store_true", help="replace images already in --out")
     _add_model_flags(s)
-    _add_sampler_flags(s)
+    _add_sampler_flags(s, suffix=", or with --workdir the run's, or the model's recommendation (find_defaults.json)")
     s.set_defaults(func=cmd_sample)
 
     o = sub.add_parser(
@@ -150,7 +144,7 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--checkpoint-every", type=int, default=None, help="checkpoint every K iterations")
     o.add_argument("--quiet", action="store_true", help="no progress bar (for logs)")
     _add_model_flags(o)
-    _add_sampler_flags(o, defaults_from_preset=True)
+    _add_sampler_flags(o, suffix=", or the model's recommendation (find_defaults.json), else the preset's")
     o.set_defaults(func=cmd_optimize)
 
     v = sub.add_parser(
@@ -166,6 +160,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--reward",
         default=None,
         help="reward name(s), comma-separated, e.g. imagereward,aesthetic (default: the runs' optimisation reward)",
+    )
+    v.add_argument(
+        "--reward-option",
+        action="append",
+        default=[],
+        metavar="REWARD:KEY=VALUE",
+        help="option for one reward's factory, e.g. color:color=red or imagereward:path=DIR (repeatable; VALUE "
+        "is parsed as JSON when it can be); a reward the runs optimised also gets their options",
     )
     v.add_argument("--num-images", type=int, default=4, help="images per prompt and distribution (default 4)")
     v.add_argument("--seed", type=int, default=0, help="seed of the shared noises (default 0)")
@@ -264,10 +266,9 @@ def cmd_optimize(args: argparse.Namespace) -> int:
 
 
 def _optimize_prompt_set(args: argparse.Namespace, config) -> int:
-    from find_jax.batch import batch_summary, initialize_distributed, run_batch
+    from find_jax.batch import batch_summary, run_batch
     from find_jax.prompts import read_prompts
 
-    initialize_distributed()
     items = read_prompts(args.prompts_file, category=args.category)
     batch_prompts = 1 if args.batch_prompts is None else args.batch_prompts
     if batch_prompts < 1:
@@ -292,6 +293,15 @@ def _optimize_prompt_set(args: argparse.Namespace, config) -> int:
     return 0
 
 
+def _json_or_text(value: str):
+    import json
+
+    try:
+        return json.loads(value)
+    except json.JSONDecodeError:
+        return value
+
+
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from find_jax.evaluate import evaluate, list_runs
     from find_jax.trainer import read_run
@@ -300,6 +310,13 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if rewards is None:
         entries = list_runs(args.workdir)
         rewards = read_run(entries[0].run_dir)[0].reward
+    options: dict = {}
+    for item in args.reward_option:
+        name, sep, rest = item.partition(":")
+        if not sep or "=" not in rest or not name:
+            raise ValueError(f"--reward-option takes REWARD:KEY=VALUE; got {item!r}")
+        key, value = rest.split("=", 1)
+        options.setdefault(name, {})[key] = _json_or_text(value)
     model = None
     if args.model is not None:
         from find_jax.models import load_model
@@ -315,6 +332,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         overwrite=args.overwrite,
         progress=not args.quiet,
         model=model,
+        reward_options=options,
     )
     out = Path(args.out) if args.out else Path(args.workdir) / "eval"
     for c in report["categories"]:
@@ -383,15 +401,18 @@ def cmd_sample(args: argparse.Namespace) -> int:
         return 0
     if args.prompt is None:
         raise SystemExit("find-jax sample: --prompt is required (or --workdir of a FIND run)")
+    from find_jax.optimize import model_defaults
+
     model = load_model(args.model, dtype=args.dtype, weights=args.weights)
+    recommended = {"steps": 50, "guidance": 7.5, "eta": 0.0, **model_defaults(args.model)}
     request = SampleRequest(
         prompt=args.prompt,
         negative_prompt=args.negative_prompt,
         num_images=args.num_images or 1,
         seed=args.seed,
-        steps=args.steps,
-        guidance=args.guidance,
-        eta=args.eta,
+        steps=args.steps if args.steps is not None else int(recommended["steps"]),
+        guidance=args.guidance if args.guidance is not None else float(recommended["guidance"]),
+        eta=args.eta if args.eta is not None else float(recommended["eta"]),
         height=args.height,
         width=args.width,
         batch_size=args.batch_size,

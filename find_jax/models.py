@@ -24,7 +24,6 @@ import hashlib
 import json
 import logging
 import os
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -88,7 +87,7 @@ class DiffusionModel:
 
 def shipped_model_dir(name: str = DEFAULT_MODEL) -> Path:
     """Directory of a model shipped inside the package (``find_jax/assets/...``)."""
-    return Path(str(resources.files("find_jax") / "assets" / _SHIPPED[name]))
+    return Path(__file__).resolve().parent / "assets" / _SHIPPED[name]
 
 
 def resolve_model_dir(spec: str | os.PathLike | None) -> Path:
@@ -107,9 +106,7 @@ def resolve_model_dir(spec: str | os.PathLike | None) -> Path:
     path = Path(spec).expanduser()
     if path.is_dir():
         return path
-    looks_like_id = (
-        "/" in str(spec) and not str(spec).startswith((".", "/", "~")) and str(spec).count("/") == 1
-    )
+    looks_like_id = "/" in str(spec) and not str(spec).startswith((".", "/", "~")) and str(spec).count("/") == 1
     if looks_like_id:
         from huggingface_hub import snapshot_download
 
@@ -197,9 +194,7 @@ def _check_params(params: Any, model: Any, where: Path) -> Any:
         )
     for k, v in want.items():
         if tuple(have[k].shape) != tuple(v.shape):
-            raise ModelLoadError(
-                f"weight {'/'.join(k)} in {where} has shape {have[k].shape}, config wants {v.shape}"
-            )
+            raise ModelLoadError(f"weight {'/'.join(k)} in {where} has shape {have[k].shape}, config wants {v.shape}")
     return params
 
 
@@ -258,9 +253,7 @@ def _load_text_encoder(folder: Path, weights: str, dtype: Any) -> tuple[Any, Any
 
     how = "pass --model with a complete diffusers-format directory"
     _require(folder, "component folder 'text_encoder'", how)
-    config = CLIPTextConfig.from_pretrained(
-        str(_require(folder / "config.json", "text_encoder/config.json", how))
-    )
+    config = CLIPTextConfig.from_pretrained(str(_require(folder / "config.json", "text_encoder/config.json", how)))
     model = FlaxCLIPTextModel(config, dtype=dtype, _do_init=False)
     flax_file = folder / _FLAX_TRANSFORMERS
     pt_files = [folder / n for n in _PT_TRANSFORMERS if (folder / n).is_file()]
@@ -295,9 +288,7 @@ class _ShapeTreeModel:
 def _load_tokenizer(folder: Path) -> Any:
     from transformers import CLIPTokenizer
 
-    how = (
-        "the tokenizer folder needs CLIP's vocab.json and merges.txt (tokenizer.save_pretrained writes them)"
-    )
+    how = "the tokenizer folder needs CLIP's vocab.json and merges.txt (tokenizer.save_pretrained writes them)"
     _require(folder, "component folder 'tokenizer'", how)
     for name in _TOKENIZER_FILES:
         _require(folder / name, f"tokenizer file {name}", how)
@@ -338,9 +329,7 @@ def load_model(
     unet, unet_params = _load_diffusers_component(FlaxUNet2DConditionModel, root / "unet", weights, dtype)
     text_encoder, text_params = _load_text_encoder(root / "text_encoder", weights, dtype)
     tokenizer = _load_tokenizer(root / "tokenizer")
-    sched_file = _require(
-        root / "scheduler" / "scheduler_config.json", "scheduler/scheduler_config.json", how
-    )
+    sched_file = _require(root / "scheduler" / "scheduler_config.json", "scheduler/scheduler_config.json", how)
     scheduler_config = _read_json(sched_file)
     if (root / "vae").is_dir():
         vae, vae_params = _load_diffusers_component(FlaxAutoencoderKL, root / "vae", weights, dtype)

@@ -178,9 +178,7 @@ def encode_prompts(
 ) -> jax.Array:
     """Prompts -> text embeddings ``[B, L, D]`` (the UNet's cross-attention context)."""
     encode_fn = encode_fn or make_text_encoder(model)
-    return encode_fn(
-        model.params["text_encoder"], jnp.asarray(tokenize(model, prompts, allow_empty=allow_empty))
-    )
+    return encode_fn(model.params["text_encoder"], jnp.asarray(tokenize(model, prompts, allow_empty=allow_empty)))
 
 
 def pooled_embedding(model: DiffusionModel, prompt: str) -> np.ndarray:
@@ -188,9 +186,7 @@ def pooled_embedding(model: DiffusionModel, prompt: str) -> np.ndarray:
     module = model.text_encoder.module
     ids = jnp.asarray(tokenize(model, [prompt]))
     pos = jnp.broadcast_to(jnp.arange(ids.shape[-1])[None], ids.shape)
-    out = module.apply(
-        {"params": model.params["text_encoder"]}, ids, jnp.ones_like(ids), pos, deterministic=True
-    )
+    out = module.apply({"params": model.params["text_encoder"]}, ids, jnp.ones_like(ids), pos, deterministic=True)
     return np.asarray(out[1][0], dtype=np.float32)
 
 
@@ -278,9 +274,7 @@ class Environment:
         latents = jnp.asarray(latents)
         p = len(self.prompts)
         if latents.ndim != 4 or tuple(latents.shape[1:]) != self.latent_shape:
-            raise ValueError(
-                f"latents must be [B, {', '.join(map(str, self.latent_shape))}]; got {latents.shape}"
-            )
+            raise ValueError(f"latents must be [B, {', '.join(map(str, self.latent_shape))}]; got {latents.shape}")
         if latents.shape[0] % p:
             raise ValueError(f"batch {latents.shape[0]} is not a multiple of the {p} prompts")
         n = latents.shape[0] // p
@@ -329,9 +323,7 @@ def default_cache_dir() -> Path:
     return base / "find-jax" / "xla"
 
 
-def enable_compilation_cache(
-    path: str | os.PathLike | None = None, *, min_compile_secs: float = 0.5
-) -> Path | None:
+def enable_compilation_cache(path: str | os.PathLike | None = None, *, min_compile_secs: float = 0.5) -> Path | None:
     """Turns on JAX's persistent compilation cache so a second run of the same shapes skips compiling.
 
     ``path``: the directory (default :func:`default_cache_dir`); ``"off"`` disables it. Programs that compile

@@ -89,9 +89,7 @@ def sample_images(
     return np.concatenate(chunks), latents
 
 
-def write_images(
-    out: str | Path, images: np.ndarray, latents: np.ndarray, meta: dict, *, overwrite: bool = False
-):
+def write_images(out: str | Path, images: np.ndarray, latents: np.ndarray, meta: dict, *, overwrite: bool = False):
     """Writes ``images.npy``, ``latents.npy``, ``image_NNN.png`` and ``sample.json`` into ``out``."""
     from PIL import Image
 

@@ -121,9 +121,7 @@ def _position_holds(objects: list[FoundObject], caption: world.Caption) -> bool:
             "at the top": lambda x, y: y < mid,
             "at the bottom": lambda x, y: y > mid,
         }[caption.position]
-        return any(
-            o.colour == caption.colour and o.shape == caption.shape and test(*o.centre) for o in objects
-        )
+        return any(o.colour == caption.colour and o.shape == caption.shape and test(*o.centre) for o in objects)
     firsts = [o for o in objects if (o.colour, o.shape) == (caption.colour, caption.shape)]
     seconds = [o for o in objects if (o.colour, o.shape) == (caption.colour2, caption.shape2)]
     return any(

@@ -110,10 +110,7 @@ def test_sample_bad_inputs(tiny_sd_dir, tmp_path, capsys):
     assert "NaN" in capsys.readouterr().err
     assert main([*base, "--prompt", "", "--out", str(tmp_path / "o3")]) == 2
     assert "empty" in capsys.readouterr().err
-    assert (
-        main(["sample", "--model", str(tmp_path / "missing"), "--prompt", "x", "--out", str(tmp_path / "o4")])
-        == 2
-    )
+    assert main(["sample", "--model", str(tmp_path / "missing"), "--prompt", "x", "--out", str(tmp_path / "o4")]) == 2
     assert str(tmp_path / "missing") in capsys.readouterr().err
     assert main([*base, "--prompt", "x", "--height", "15", "--out", str(tmp_path / "o5")]) == 2
     assert "multiples" in capsys.readouterr().err

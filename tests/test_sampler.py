@@ -84,9 +84,7 @@ def test_bad_schedule_inputs():
 
 @pytest.fixture(scope="module")
 def env(tiny_model):
-    return make_environment(
-        tiny_model, ["a photo of a red cat", "a blue dog"], steps=8, guidance=7.5, eta=0.0
-    )
+    return make_environment(tiny_model, ["a photo of a red cat", "a blue dog"], steps=8, guidance=7.5, eta=0.0)
 
 
 def _latents(seed, n=2, shape=(4, 8, 8)):
@@ -126,9 +124,9 @@ def test_changing_prompts_or_latents_does_not_recompile(tiny_model, env):
 
 
 def test_no_gradient_flows_through_the_environment(env):
-    g = jax.grad(
-        lambda x: env.sample_fn(env.model.params, x, env.cond, env.uncond, jax.random.PRNGKey(0)).sum()
-    )(_latents(0))
+    g = jax.grad(lambda x: env.sample_fn(env.model.params, x, env.cond, env.uncond, jax.random.PRNGKey(0)).sum())(
+        _latents(0)
+    )
     assert float(jnp.abs(g).max()) == 0.0
 
 

@@ -1,0 +1,111 @@
+"""Training the shapes model: a tiny run writes the diffusers layout, resumes from its checkpoint."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import jax
+import numpy as np
+import pytest
+
+from find_jax.shapes import model as shapes_model
+from find_jax.shapes.train import TrainConfig, alphas_cumprod, config_from_dict, config_to_dict, train
+
+LAYOUT = [
+    "model_index.json",
+    "unet/config.json",
+    "unet/diffusion_flax_model.msgpack",
+    "text_encoder/config.json",
+    "text_encoder/flax_model.msgpack",
+    "tokenizer/vocab.json",
+    "tokenizer/merges.txt",
+    "tokenizer/tokenizer_config.json",
+    "tokenizer/special_tokens_map.json",
+    "scheduler/scheduler_config.json",
+    "decoder/config.json",
+    "training.json",
+]
+
+
+def tiny(steps: int, **kw) -> TrainConfig:
+    return TrainConfig(steps=steps, batch=4, checkpoint_every=2, log_every=1, model=shapes_model.tiny_config(), **kw)
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    """2 steps, then a resume to 3 steps in the same workdir."""
+    root = tmp_path_factory.mktemp("shapes_train")
+    work, out = root / "work", root / "out"
+    logs: list[str] = []
+    first = train(tiny(2), str(work), str(out), log=logs.append)
+    layout_after_first = {p: (out / p).exists() for p in LAYOUT}
+    second = train(tiny(3), str(work), str(out), log=logs.append)
+    return {"work": work, "out": out, "first": first, "second": second, "logs": logs, "layout": layout_after_first}
+
+
+def test_two_steps_write_the_layout(run):
+    assert all(run["layout"].values()), run["layout"]
+    out = run["out"]
+    index = json.loads((out / "model_index.json").read_text())
+    assert index["_class_name"] == "ShapesPipeline"
+    assert {"unet", "text_encoder", "tokenizer", "scheduler", "decoder"} <= set(index)
+    assert json.loads((out / "decoder/config.json").read_text()) == {"_class_name": "PixelDecoder", "factor": 2}
+    sched = json.loads((out / "scheduler/scheduler_config.json").read_text())
+    for key in (
+        "num_train_timesteps",
+        "beta_start",
+        "beta_end",
+        "beta_schedule",
+        "prediction_type",
+        "set_alpha_to_one",
+        "steps_offset",
+        "clip_sample",
+    ):
+        assert key in sched
+    assert sched["clip_sample"] is False and sched["prediction_type"] == "v_prediction"
+    assert run["first"]["steps"] == 2 and np.isfinite(run["first"]["final_loss"])
+    assert not (out.parent / "out.tmp").exists() and not (out.parent / "out.old").exists()
+
+
+def test_resume_continues_from_the_checkpoint(run):
+    assert any("resumed from step 2" in line for line in run["logs"])
+    steps = [json.loads(line)["step"] for line in (run["work"] / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 3]
+    record = json.loads((run["out"] / "training.json").read_text())
+    assert record["steps"] == 3 and record["seed"] == 0
+    assert record["data_bias"]["dominant_colour"]["circle"] == "red"
+    assert record["wall_time_s"] >= run["first"]["wall_time_s"]
+
+
+def test_exported_model_loads_and_samples(run):
+    from find_jax.models import load_model
+    from find_jax.sampler import make_environment
+
+    model = load_model(str(run["out"]))
+    assert model.latent_shape() == (12, 16, 16) and model.default_size == (32, 32)
+    assert model.max_tokens == 16
+    env = make_environment(model, "a red circle", steps=2, guidance=3.0)
+    images = env(jax.random.normal(jax.random.PRNGKey(0), (1, 12, 16, 16)), jax.random.PRNGKey(1))
+    assert images.shape == (1, 32, 32, 3) and np.isfinite(np.asarray(images)).all()
+
+
+def test_resume_with_another_config_is_refused(run):
+    other = dataclasses.replace(tiny(3), learning_rate=1e-2)
+    with pytest.raises(ValueError, match="different config"):
+        train(other, str(run["work"]), str(run["out"]))
+
+
+def test_config_round_trips_and_bad_values_raise(tmp_path):
+    cfg = tiny(5)
+    assert config_from_dict(json.loads(json.dumps(config_to_dict(cfg)))) == cfg
+    with pytest.raises(ValueError, match="steps"):
+        train(tiny(0), str(tmp_path / "w"), str(tmp_path / "o"))
+
+
+def test_noise_schedule_matches_diffusers():
+    from diffusers import DDIMScheduler
+
+    cfg = shapes_model.ShapesModelConfig()
+    sched = DDIMScheduler.from_config(shapes_model.scheduler_config(cfg))
+    np.testing.assert_allclose(np.asarray(alphas_cumprod(cfg)), sched.alphas_cumprod.numpy(), rtol=1e-5)
