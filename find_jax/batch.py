@@ -553,7 +553,7 @@ def _run_group(
         x, rng_env = _batch_iteration_sample(
             stacked.policy, stacked.rng, stacked.step, n=n, sigma_param=sp, sigma_min=smin
         )
-        images = env_fn(x, rng_env)
+        images = jax.block_until_ready(env_fn(x, rng_env))  # so the env time is the sampler's
         images = np.asarray(jax.device_get(images), np.float32)
         t_env = time.perf_counter()
         running = [k for k, s in enumerate(slots) if s.active]

@@ -485,7 +485,7 @@ def optimize(
             sigma_param=config.sigma_param,
             sigma_min=float(config.sigma_min),
         )
-        images = env_fn(x, rng_env)
+        images = jax.block_until_ready(env_fn(x, rng_env))  # so time/env_s is the sampler's time
         t_env = time.perf_counter()
         rewards = np.asarray(reward_fn(images, prompts), np.float32).reshape(-1)
         if rewards.shape != (n,):

@@ -6,9 +6,13 @@ else raises ``ValueError`` listing the grammar). The image is measured:
 1. each pixel is classified to the nearest (Euclidean RGB) of black + the six world colours;
 2. connected components (8-connectivity) per colour; components under ``min_pixels`` are specks and
    dropped;
-3. each component's shape from its bounding box: an upright triangle fills the top half of its box much
-   less than the bottom half (ratio < 0.7) or fills < 0.69 of the box (exact triangles: 0.58-0.63);
-   otherwise a square fills >= 0.92 (exact: 1.0), a circle less (exact: 0.76-0.85);
+3. each component's shape from its pixel moments (robust to the stray edge pixels and soft corners of
+   generated images, which upset bounding-box fill ratios): an upright triangle has its mass low, vertical
+   skewness ``E[y^3] / E[y^2]^1.5 < -0.25`` (exact triangles: -0.50 to -0.56; circles and squares 0);
+   otherwise a square is heavier-tailed along its diagonals than along its axes, kurtosis difference
+   ``(kurt(u) + kurt(v)) / 2 - (kurt(x) + kurt(y)) / 2 > 0.25`` with ``u, v = (x +- y) / sqrt(2)``
+   (exact squares: 0.61-0.63, continuous limit 2.4 - 1.8 = 0.6; exact circles: -0.23 to 0.07);
+   anything else is a circle;
 4. its centre is the bounding-box centre ``(col0 + w/2, row0 + h/2)``; "on the left" is ``x < 16``,
    "at the top" ``y < 16``; "A to the left of B" is ``x_A < x_B``, "A above B" is ``y_A < y_B``.
 
@@ -40,9 +44,8 @@ from reward_models.registry import register
 PALETTE_NAMES: tuple[str, ...] = ("black", *world.COLOUR_NAMES)
 PALETTE = np.array([(0.0, 0.0, 0.0), *world.COLOURS.values()], dtype=np.float32)  # [7, 3]
 MIN_PIXELS = 10  # components smaller than this are specks (the smallest world object has 25 px)
-SQUARE_FILL = 0.92  # bounding-box fill at or above which a (non-triangle) object is a square
-TRIANGLE_FILL = 0.69  # fill below which an object is a triangle
-TRIANGLE_TOP_BOTTOM = 0.7  # top-half / bottom-half fill below which an object is a triangle
+TRIANGLE_SKEW = -0.25  # vertical skewness below which an object is a triangle (exact: ~-0.53)
+SQUARE_KURTOSIS_GAP = 0.25  # diagonal minus axis kurtosis above which it is a square (exact: ~0.61)
 _EIGHT = np.ones((3, 3), dtype=bool)
 
 
@@ -73,16 +76,31 @@ def classify_pixels(image: np.ndarray) -> np.ndarray:
     return np.argmin(d, axis=-1)
 
 
+def shape_features(mask: np.ndarray) -> tuple[float, float]:
+    """``(skew_y, kurtosis_gap)`` of a component mask ``[h, w]`` (see the module docstring, step 3)."""
+    ys, xs = np.nonzero(mask)
+    x = xs - xs.mean()
+    y = ys - ys.mean()
+
+    def kurt(a: np.ndarray) -> float:
+        return float((a**4).mean() / max((a**2).mean() ** 2, 1e-9))
+
+    u, v = (x + y) / np.sqrt(2.0), (x - y) / np.sqrt(2.0)
+    gap = (kurt(u) + kurt(v)) / 2.0 - (kurt(x) + kurt(y)) / 2.0
+    skew = float((y**3).mean() / max((y**2).mean() ** 1.5, 1e-9))
+    return skew, gap
+
+
 def _shape_of(mask: np.ndarray) -> tuple[str, float]:
-    """Shape name and fill ratio of a component cropped to its bounding box ``[h, w]``."""
-    h, w = mask.shape
-    fill = float(mask.mean())
-    half = h // 2
-    top = mask[:half].mean() if half else 1.0
-    bottom = mask[h - half :].mean() if half else 1.0
-    if fill < TRIANGLE_FILL or (bottom > 0 and top / bottom < TRIANGLE_TOP_BOTTOM):
-        return "triangle", fill
-    return ("square" if fill >= SQUARE_FILL else "circle"), fill
+    """Shape name and bounding-box fill ratio of a component cropped to its bounding box ``[h, w]``."""
+    skew, gap = shape_features(mask)
+    if skew < TRIANGLE_SKEW:
+        shape = "triangle"
+    elif gap > SQUARE_KURTOSIS_GAP:
+        shape = "square"
+    else:
+        shape = "circle"
+    return shape, float(mask.mean())
 
 
 def find_objects(image: np.ndarray, *, min_pixels: int = MIN_PIXELS) -> list[FoundObject]:

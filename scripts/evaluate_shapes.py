@@ -43,12 +43,15 @@ def main(argv: list[str] | None = None) -> None:
         kw.update(rare=ev.TUNING, common=(), ablation=ev.TUNING)
     if args.quick:
         kw.update(rare=ev.RARE[:1], common=ev.COMMON[:1], ablation=ev.RARE[:1], n_images=4, iterations=3, steps=2)
-    results = ev.evaluate(args.workdir, **kw)
     out = Path(args.workdir)
-    (out / "results.json").write_text(json.dumps(results, indent=2))
-    md = ev.to_markdown(results)
-    (out / "results.md").write_text(md)
-    print(md)
+
+    def write(results: dict) -> str:
+        (out / "results.json").write_text(json.dumps(results, indent=2))
+        md = ev.to_markdown(results)
+        (out / "results.md").write_text(md)
+        return md
+
+    print(write(ev.evaluate(args.workdir, on_prompt=write, **kw)))
 
 
 if __name__ == "__main__":

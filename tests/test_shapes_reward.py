@@ -113,3 +113,19 @@ def test_registered_reward_batch(pairs):
         reward_fn(images[:3], ["a red circle", "a blue square", "a purple cow"])
     with pytest.raises(ValueError, match=r"\[0, 1\]"):
         reward_fn(images[:1] * 2.0 + 0.5, ["a red circle"])
+
+
+def test_shape_survives_soft_corners_and_attached_stray_pixels():
+    square = _draw(world.ShapeObject("square", "blue", 8, 8, 10))
+    for r, c in ((8, 8), (8, 17), (17, 8), (17, 17)):  # knock the corners off
+        square[r, c] = 0.0
+    square[12, 18] = (0.0, 0.0, 1.0)  # a stray pixel stuck to the right edge
+    (found,) = S.find_objects(square)
+    assert found.shape == "square" and found.fill < 0.92  # a fill-ratio test would call it a circle
+    circle = _draw(world.ShapeObject("circle", "red", 8, 8, 11))
+    circle[19, 13] = (1.0, 0.0, 0.0)  # below the bottom edge
+    circle[13, 19] = (1.0, 0.0, 0.0)
+    assert S.score(circle, "a red circle").exact
+    triangle = _draw(world.ShapeObject("triangle", "yellow", 8, 8, 11))
+    triangle[18, 19] = (1.0, 1.0, 0.0)
+    assert S.score(triangle, "a yellow triangle").exact

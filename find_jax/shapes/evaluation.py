@@ -119,8 +119,13 @@ def evaluate(
     seed: int = 0,
     methods: Sequence[str] = METHODS,
     log=print,
+    on_prompt=None,
 ) -> dict[str, Any]:
-    """Runs every method on every prompt (FIND runs are resumable in ``workdir``); returns the results dict."""
+    """Runs every method on every prompt (FIND runs are resumable in ``workdir``); returns the results dict.
+
+    Prompts alternate between the rare and the common set so that a partial evaluation covers both;
+    ``on_prompt(results)`` is called with the results so far after each prompt (the script writes them).
+    """
     from find_jax.models import load_model
     from find_jax.optimize import make_config, run
     from find_jax.sampler import make_environment
@@ -132,7 +137,7 @@ def evaluate(
     sampler_kw = {"steps": steps} | ({"guidance": guidance} if guidance is not None else {})
     base_cfg = make_config("paper", prompt="x", **sampler_kw)
     rows: dict[str, dict[str, Any]] = {}
-    prompts = [(p, "rare") for p in rare] + [(p, "common") for p in common]
+    prompts = _interleave([(p, "rare") for p in rare], [(p, "common") for p in common])
     rng_eval = jax.random.PRNGKey(seed + 12345)
     for prompt, group in prompts:
         t0 = time.perf_counter()
@@ -165,23 +170,35 @@ def evaluate(
             read_run(run_dir)  # the run directory is complete and readable
             row[method] = summary
         rows[prompt] = row
+        if on_prompt is not None:
+            on_prompt(_results(rows, n_images, iterations, base_cfg, seed, model))
         log(
             f"{prompt:48s} base {row['base']['exact']:.2f}  "
             + "  ".join(f"{m} {row[m]['exact']:.2f}" for m in methods if m in row)
             + f"  ({time.perf_counter() - t0:.0f}s)"
         )
-    return {
-        "settings": {
-            "n_images": n_images,
-            "iterations": iterations,
-            "steps": base_cfg.steps,
-            "guidance": base_cfg.guidance,
-            "seed": seed,
-            "model_fingerprint": model.fingerprint,
-        },
-        "prompts": rows,
-        "aggregate": aggregate(rows),
+    return _results(rows, n_images, iterations, base_cfg, seed, model)
+
+
+def _interleave(rare: Sequence, common: Sequence) -> list:
+    """Two rare prompts, then one common, and so on (the sets are 2:1)."""
+    out, r, c = [], list(rare), list(common)
+    while r or c:
+        out += r[:2] + c[:1]
+        r, c = r[2:], c[1:]
+    return out
+
+
+def _results(rows, n_images, iterations, base_cfg, seed, model) -> dict[str, Any]:
+    settings = {
+        "n_images": n_images,
+        "iterations": iterations,
+        "steps": base_cfg.steps,
+        "guidance": base_cfg.guidance,
+        "seed": seed,
+        "model_fingerprint": model.fingerprint,
     }
+    return {"settings": settings, "prompts": dict(rows), "aggregate": aggregate(rows)}
 
 
 def aggregate(rows: dict[str, dict[str, Any]]) -> dict[str, Any]:
