@@ -153,7 +153,7 @@ def evaluate(
         s = _score(search, prompt)
         row["best_of_n"] = {"n": n_calls, "best_reward": float(s.reward.max()), "found_exact": bool(s.exact.any())}
         for method in methods:
-            if method != "find_paper" and method in ("find_no_drcm", "find_no_rca") and prompt not in ablation:
+            if method in ("find_no_drcm", "find_no_rca") and prompt not in ablation:
                 continue
             preset, extra = _OVERRIDES[method]
             cfg = make_config(preset, prompt=prompt, iterations=iterations, seed=seed, **sampler_kw, **extra)
