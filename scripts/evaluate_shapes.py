@@ -2,7 +2,8 @@
 ablations and best-of-N random search. Writes ``OUT/results.json`` and ``OUT/results.md``.
 
     python scripts/evaluate_shapes.py --workdir runs/eval_shapes            # README table (about an hour of CPU)
-    python scripts/evaluate_shapes.py --workdir runs/tune --set tuning      # the separate tuning prompts
+    python scripts/evaluate_shapes.py --workdir runs/tune --set tuning --no-search \
+        --method find_paper --method lr1e-2=paper:lr=0.01                  # the separate tuning prompts
     python scripts/evaluate_shapes.py --workdir runs/smoke --quick          # seconds: 1+1 prompts, tiny settings
 
 FIND runs are checkpointed in ``WORKDIR/<method>/<prompt>``: an interrupted evaluation resumes.
@@ -27,7 +28,16 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--steps", type=int, default=20, help="DDIM steps")
     p.add_argument("--guidance", type=float, default=None, help="CFG scale (default: the model's)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--methods", default=",".join(ev.METHODS), help="comma-separated subset of " + ",".join(ev.METHODS))
+    p.add_argument(
+        "--method",
+        action="append",
+        dest="methods",
+        help="a FIND variant to run, repeatable: one of "
+        + ", ".join(ev.METHODS)
+        + ", or NAME=PRESET[:FIELD=VALUE,...] "
+        "(e.g. lr3e-2=paper:lr=0.03); default: all known methods",
+    )
+    p.add_argument("--no-search", action="store_true", help="skip the best-of-N random search")
     p.add_argument("--quick", action="store_true", help="smoke test: one prompt per set, 4 images, 3 iterations")
     args = p.parse_args(argv)
     enable_compilation_cache()
@@ -37,10 +47,11 @@ def main(argv: list[str] | None = None) -> None:
         steps=args.steps,
         guidance=args.guidance,
         seed=args.seed,
-        methods=tuple(args.methods.split(",")),
+        methods=tuple(ev.parse_method(m) for m in (args.methods or ev.METHODS)),
+        search=not args.no_search,
     )
     if args.set == "tuning":
-        kw.update(rare=ev.TUNING, common=(), ablation=ev.TUNING)
+        kw.update(rare=(), common=(), tuning=ev.TUNING, ablation=ev.TUNING)
     if args.quick:
         kw.update(rare=ev.RARE[:1], common=ev.COMMON[:1], ablation=ev.RARE[:1], n_images=4, iterations=3, steps=2)
     out = Path(args.workdir)

@@ -53,13 +53,58 @@ COMMON = (
 ABLATION = RARE[:2] + RARE[6:7] + RARE[8:9] + RARE[10:12]  # 6 rare prompts: colour, count, position, relation
 TUNING = ("a white circle", "a yellow square", "three yellow triangles", "a red triangle at the bottom")
 
-METHODS = ("find_paper", "find_official", "find_no_drcm", "find_no_rca")
-_OVERRIDES = {
-    "find_paper": ("paper", {}),
-    "find_official": ("official", {}),
-    "find_no_drcm": ("paper", {"use_drcm": False}),
-    "find_no_rca": ("paper", {"use_rca": False}),
+
+# A method is a FIND preset plus field overrides. ``ablation`` methods run only on the ABLATION prompts; they
+# remove one component from the paper's method (the paper's own ablation, section 5.4).
+@dataclasses.dataclass(frozen=True)
+class Method:
+    """One FIND variant of the evaluation: ``get_preset(preset, **overrides)`` on every prompt."""
+
+    name: str
+    preset: str
+    overrides: tuple[tuple[str, Any], ...] = ()
+    ablation: bool = False  # run on the ablation prompts only
+
+
+KNOWN_METHODS = {
+    "find_paper": Method("find_paper", "paper"),
+    "find_official": Method("find_official", "official"),
+    "find_no_drcm": Method("find_no_drcm", "paper", (("use_drcm", False),), ablation=True),
+    "find_no_rca": Method("find_no_rca", "paper", (("use_rca", False),), ablation=True),
 }
+METHODS = tuple(KNOWN_METHODS)
+
+
+def parse_method(spec: str) -> Method:
+    """A known method name, or ``NAME=PRESET[:FIELD=VALUE,...]`` (values read as JSON, else as text).
+
+    ``lr3e-2=paper:lr=0.03,samples_per_iter=2`` is the ``paper`` preset with lr 0.03 and two samples per
+    iteration. Unknown presets or fields are refused when the config is built.
+    """
+    from find_jax.config import PRESETS
+
+    spec = spec.strip()
+    if spec in KNOWN_METHODS:
+        return KNOWN_METHODS[spec]
+    name, sep, rest = spec.partition("=")
+    preset, _, fields = rest.partition(":")
+    if not sep or not name or not preset:
+        raise ValueError(
+            f"method {spec!r} is neither a known method ({', '.join(METHODS)}) nor NAME=PRESET[:FIELD=VALUE,...]"
+        )
+    if preset not in PRESETS:
+        raise ValueError(f"method {name!r}: unknown preset {preset!r}; valid presets: {', '.join(PRESETS)}")
+    overrides = []
+    for item in filter(None, (f.strip() for f in fields.split(","))):
+        key, eq, value = item.partition("=")
+        if not eq:
+            raise ValueError(f"method {name!r}: {item!r} is not FIELD=VALUE")
+        try:
+            parsed = json.loads(value)
+        except json.JSONDecodeError:
+            parsed = value
+        overrides.append((key.strip(), parsed))
+    return Method(name, preset, tuple(overrides))
 
 
 def wilson(k: float, n: int, z: float = 1.96) -> tuple[float, float]:
@@ -106,23 +151,31 @@ def _slug(text: str) -> str:
     return "".join(c if c.isalnum() else "-" for c in text).strip("-")
 
 
+def _base_name(eta: float) -> str:
+    return "base" if eta == 0 else f"base_eta{eta:g}"
+
+
 def evaluate(
     workdir: str | Path,
     *,
     rare: Sequence[str] = RARE,
     common: Sequence[str] = COMMON,
     ablation: Sequence[str] = ABLATION,
+    tuning: Sequence[str] = (),
     n_images: int = 64,
     iterations: int = 150,
     steps: int = 20,
     guidance: float | None = None,
     seed: int = 0,
-    methods: Sequence[str] = METHODS,
+    methods: Sequence[str | Method] = METHODS,
+    search: bool = True,
     log=print,
     on_prompt=None,
 ) -> dict[str, Any]:
     """Runs every method on every prompt (FIND runs are resumable in ``workdir``); returns the results dict.
 
+    The base model is measured at every DDIM eta a method uses (``base`` at eta 0, ``base_eta1`` at eta 1 for
+    the ``official`` preset), so each FIND distribution is compared with N(0, I) under its own sampler.
     Prompts alternate between the rare and the common set so that a partial evaluation covers both;
     ``on_prompt(results)`` is called with the results so far after each prompt (the script writes them).
     """
@@ -131,53 +184,73 @@ def evaluate(
     from find_jax.sampler import make_environment
     from find_jax.trainer import read_run, sample_from_state
 
+    methods = [m if isinstance(m, Method) else parse_method(m) for m in methods]
+    names = [m.name for m in methods]
+    if len(set(names)) != len(names):
+        raise ValueError(f"method names repeat: {names}")
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     model = load_model(None)
     sampler_kw = {"steps": steps} | ({"guidance": guidance} if guidance is not None else {})
+
+    def config(method: Method, prompt: str):
+        fields = {"iterations": iterations, "seed": seed, **sampler_kw, **dict(method.overrides)}
+        return make_config(method.preset, prompt=prompt, **fields)
+
     base_cfg = make_config("paper", prompt="x", **sampler_kw)
+    etas = sorted({base_cfg.eta} | {config(m, "x").eta for m in methods})
     rows: dict[str, dict[str, Any]] = {}
     prompts = _interleave([(p, "rare") for p in rare], [(p, "common") for p in common])
+    prompts += [(p, "tuning") for p in tuning]
     rng_eval = jax.random.PRNGKey(seed + 12345)
     for prompt, group in prompts:
         t0 = time.perf_counter()
-        env = make_environment(model, prompt, steps=base_cfg.steps, guidance=base_cfg.guidance, eta=base_cfg.eta)
+        envs = {
+            eta: make_environment(model, prompt, steps=base_cfg.steps, guidance=base_cfg.guidance, eta=eta)
+            for eta in etas
+        }
+        env = envs[base_cfg.eta]
         shape = env.latent_shape
         x0 = jax.random.normal(rng_eval, (n_images, *shape))
         row: dict[str, Any] = {"group": group}
-        row["base"] = _score(np.asarray(env(x0, rng_eval)), prompt).summary()
-        # Best-of-N random search at FIND's number of reward calls.
-        n_calls = iterations * base_cfg.samples_per_iter
-        xs = jax.random.normal(jax.random.fold_in(rng_eval, 1), (n_calls, *shape))
-        search = np.concatenate([np.asarray(env(xs[i : i + 50], rng_eval)) for i in range(0, n_calls, 50)])
-        s = _score(search, prompt)
-        row["best_of_n"] = {"n": n_calls, "best_reward": float(s.reward.max()), "found_exact": bool(s.exact.any())}
+        for eta, env_e in envs.items():
+            row[_base_name(eta)] = _score(np.asarray(env_e(x0, rng_eval)), prompt).summary()
+        if search:  # best-of-N random search at FIND's number of reward calls
+            n_calls = iterations * base_cfg.samples_per_iter
+            xs = jax.random.normal(jax.random.fold_in(rng_eval, 1), (n_calls, *shape))
+            found = np.concatenate([np.asarray(env(xs[i : i + 50], rng_eval)) for i in range(0, n_calls, 50)])
+            s = _score(found, prompt)
+            row["best_of_n"] = {"n": n_calls, "best_reward": float(s.reward.max()), "found_exact": bool(s.exact.any())}
         for method in methods:
-            if method in ("find_no_drcm", "find_no_rca") and prompt not in ablation:
+            if method.ablation and prompt not in ablation:
                 continue
-            preset, extra = _OVERRIDES[method]
-            cfg = make_config(preset, prompt=prompt, iterations=iterations, seed=seed, **sampler_kw, **extra)
-            run_dir = workdir / method / _slug(prompt)
+            cfg = config(method, prompt)
+            run_dir = workdir / method.name / _slug(prompt)
             tm = time.perf_counter()
             state = run(cfg, run_dir, model=model)
             seconds = time.perf_counter() - tm
-            env_m = make_environment(model, prompt, steps=cfg.steps, guidance=cfg.guidance, eta=cfg.eta)
             xm = sample_from_state(state, rng_eval, n_images)
-            summary = _score(np.asarray(env_m(xm, rng_eval)), prompt).summary()
+            summary = _score(np.asarray(envs[cfg.eta](xm, rng_eval)), prompt).summary()
             metrics = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
             best = max(m.get("reward/max", -1.0) for m in metrics)
-            summary.update(best_reward_during_run=best, found_exact_during_run=best >= 1.0, seconds=seconds)
+            summary.update(
+                best_reward_during_run=best,
+                found_exact_during_run=best >= 1.0,
+                seconds=seconds,
+                reward_calls=cfg.iterations * cfg.samples_per_iter,
+                base=_base_name(cfg.eta),
+            )
             read_run(run_dir)  # the run directory is complete and readable
-            row[method] = summary
+            row[method.name] = summary
         rows[prompt] = row
         if on_prompt is not None:
-            on_prompt(_results(rows, n_images, iterations, base_cfg, seed, model))
+            on_prompt(_results(rows, n_images, iterations, base_cfg, seed, model, methods))
         log(
-            f"{prompt:48s} base {row['base']['exact']:.2f}  "
-            + "  ".join(f"{m} {row[m]['exact']:.2f}" for m in methods if m in row)
+            f"{prompt:48s} "
+            + "  ".join(f"{k} {v['exact']:.2f}" for k, v in row.items() if isinstance(v, dict) and "exact" in v)
             + f"  ({time.perf_counter() - t0:.0f}s)"
         )
-    return _results(rows, n_images, iterations, base_cfg, seed, model)
+    return _results(rows, n_images, iterations, base_cfg, seed, model, methods)
 
 
 def _interleave(rare: Sequence, common: Sequence) -> list:
@@ -189,7 +262,7 @@ def _interleave(rare: Sequence, common: Sequence) -> list:
     return out
 
 
-def _results(rows, n_images, iterations, base_cfg, seed, model) -> dict[str, Any]:
+def _results(rows, n_images, iterations, base_cfg, seed, model, methods) -> dict[str, Any]:
     settings = {
         "n_images": n_images,
         "iterations": iterations,
@@ -197,19 +270,40 @@ def _results(rows, n_images, iterations, base_cfg, seed, model) -> dict[str, Any
         "guidance": base_cfg.guidance,
         "seed": seed,
         "model_fingerprint": model.fingerprint,
+        "methods": {m.name: {"preset": m.preset, "overrides": dict(m.overrides)} for m in methods},
     }
     return {"settings": settings, "prompts": dict(rows), "aggregate": aggregate(rows)}
 
 
+def _columns(rows: dict[str, dict[str, Any]]) -> list[str]:
+    """Bases first, then the methods, in first-seen order."""
+    seen: dict[str, None] = {}
+    for r in rows.values():
+        for k, v in r.items():
+            if isinstance(v, dict) and "exact" in v:
+                seen.setdefault(k)
+    return sorted(seen, key=lambda k: not k.startswith("base"))
+
+
 def aggregate(rows: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    """Pooled exact alignment (Wilson) and mean reward per (group, method), plus search success rates."""
+    """Pooled exact alignment (Wilson) and mean reward per (group, method), plus search success rates.
+
+    The ``ablation`` group is the prompts that hold an ablation method; a method enters a group's table only
+    when it ran on every prompt of the group.
+    """
     out: dict[str, Any] = {}
-    for group in ("rare", "common", "ablation"):
-        sel = {p: r for p, r in rows.items() if (r["group"] == group if group != "ablation" else "find_no_rca" in r)}
+    ablated = {k for r in rows.values() for k, v in r.items() if isinstance(v, dict) and "exact" in v} & {
+        m.name for m in KNOWN_METHODS.values() if m.ablation
+    }
+    for group in ("rare", "common", "tuning", "ablation"):
+        if group == "ablation":
+            sel = {p: r for p, r in rows.items() if ablated & set(r)}
+        else:
+            sel = {p: r for p, r in rows.items() if r["group"] == group}
         if not sel:
             continue
         g: dict[str, Any] = {}
-        for method in ("base", *METHODS):
+        for method in _columns(sel):
             have = [r[method] for r in sel.values() if method in r]
             if len(have) != len(sel):
                 continue
@@ -221,20 +315,19 @@ def aggregate(rows: dict[str, dict[str, Any]]) -> dict[str, Any]:
                 "exact_ci": wilson(k, n),
                 "reward": float(np.mean([h["reward"] for h in have])),
             }
-        g["search"] = {
-            "best_of_n_found_exact": float(np.mean([r["best_of_n"]["found_exact"] for r in sel.values()])),
-            "find_paper_found_exact": float(
-                np.mean(
-                    [r["find_paper"]["found_exact_during_run"] for r in sel.values() if "find_paper" in r] or [np.nan]
-                )
-            ),
-        }
+        searches = {}
+        if all("best_of_n" in r for r in sel.values()):
+            searches["best_of_n"] = float(np.mean([r["best_of_n"]["found_exact"] for r in sel.values()]))
+        for method in g:
+            if not method.startswith("base"):
+                searches[method] = float(np.mean([r[method]["found_exact_during_run"] for r in sel.values()]))
+        g["search"] = searches
         out[group] = g
     return out
 
 
 def to_markdown(results: dict[str, Any]) -> str:
-    """The README tables: per group and per prompt."""
+    """The README tables: per group, searches, and per prompt."""
     agg = results["aggregate"]
     st = results["settings"]
     lines = [
@@ -254,16 +347,18 @@ def to_markdown(results: dict[str, Any]) -> str:
             )
     lines += [
         "",
-        f"Searches (share of prompts where an exactly aligned image was found within {st['iterations']} reward calls):",
+        f"Searches: share of prompts where an exactly aligned image was found within {st['iterations']} reward calls "
+        "(best-of-N random x_T vs the samples FIND drew while optimising):",
         "",
-        "| set | best-of-N random | FIND paper run |",
+        "| set | method | found exact |",
         "|---|---|---|",
     ]
     for group, g in agg.items():
-        s = g["search"]
-        lines.append(f"| {group} | {s['best_of_n_found_exact']:.2f} | {s['find_paper_found_exact']:.2f} |")
-    lines += ["", "| prompt | set | base | " + " | ".join(METHODS) + " |", "|---|---|---|" + "---|" * len(METHODS)]
+        for method, v in g["search"].items():
+            lines.append(f"| {group} | {method} | {v:.2f} |")
+    cols = _columns(results["prompts"])
+    lines += ["", "| prompt | set | " + " | ".join(cols) + " |", "|---|---|" + "---|" * len(cols)]
     for prompt, r in results["prompts"].items():
-        cells = [f"{r[m]['exact']:.2f}" if m in r else "" for m in METHODS]
-        lines.append(f"| {prompt} | {r['group']} | {r['base']['exact']:.2f} | " + " | ".join(cells) + " |")
+        cells = [f"{r[m]['exact']:.2f}" if m in r else "" for m in cols]
+        lines.append(f"| {prompt} | {r['group']} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
