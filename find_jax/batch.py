@@ -224,7 +224,7 @@ def _batch_update_jit(config: FindConfig):
 def _batch_iteration_sample(policy, rng_loop, step, *, n: int, sigma_param: str, sigma_min: float):
     """Every prompt's draw for its own iteration ``step[p]``: ``(x [P, n, C, h, w], rng_env [P, 2])``,
     the very numbers a single run of that prompt draws."""
-    one = functools.partial(trainer._iteration_sample_jit, n=n, sigma_param=sigma_param, sigma_min=sigma_min)
+    one = functools.partial(trainer.iteration_sample_jit, n=n, sigma_param=sigma_param, sigma_min=sigma_min)
     return jax.vmap(one)(policy, rng_loop, step)
 
 
@@ -232,7 +232,7 @@ def _batch_iteration_sample(policy, rng_loop, step, *, n: int, sigma_param: str,
 def _batch_final_sample(policy, rng_final, *, n: int, sigma_param: str, sigma_min: float):
     """``(latents [P, n, C, h, w], rng_env [2])`` of the final samples, as a single run's ``final_*``."""
     rng_sample, rng_env = jax.random.split(rng_final)
-    one = functools.partial(trainer._sample_jit, n=n, sigma_param=sigma_param, sigma_min=sigma_min)
+    one = functools.partial(trainer.sample_jit, n=n, sigma_param=sigma_param, sigma_min=sigma_min)
     return jax.vmap(one, in_axes=(0, None))(policy, rng_sample), rng_env
 
 
@@ -399,14 +399,14 @@ def optimize_batch(
     items = list(prompts)
     if not items:
         raise ValueError("the prompt set is empty: give at least one prompt")
-    latent_shape = trainer._check_latent_shape(latent_shape)
+    latent_shape = trainer.check_latent_shape(latent_shape)
     if config.drcm_text_conditioned and embed_fn is None:
         raise ValueError("drcm_text_conditioned=True needs embed_fn (the text encoder's embedding of each prompt)")
     workdir = Path(workdir)
     base = dataclasses.replace(config, prompt="")
     records = prompts_to_json(items)
     embeddings = [np.asarray(embed_fn(it.text), np.float32).ravel() for it in items] if embed_fn else None
-    embed_dim = trainer._embed_dim(config, embeddings[0] if embeddings else None)
+    embed_dim = trainer.prompt_embed_dim(config, embeddings[0] if embeddings else None)
     batch_record = {
         "format_version": BATCH_FORMAT_VERSION,
         "config": config_to_dict(base),
@@ -493,18 +493,18 @@ def _run_group(
             states.append(init)
             continue
         emb = embeddings[k] if embeddings else None
-        record = trainer._run_record(
+        record = trainer.run_record(
             slot.config,
             latent_shape,
             embed_dim,
             model_id,
             weights_hash,
-            trainer._array_hash(emb if embed_dim else None),
+            trainer.array_hash(emb if embed_dim else None),
         )
         slot.run_dir = workdir / slot.item["dir"]
-        resuming = trainer._prepare_workdir(slot.run_dir, record, slot.config)
+        resuming = trainer.prepare_workdir(slot.run_dir, record, slot.config)
         slot.manager = ckpt.make_manager(slot.run_dir / trainer.CHECKPOINT_DIR)
-        slot.meta = trainer._meta(slot.config, record)
+        slot.meta = trainer.checkpoint_meta(slot.config, record)
         state = init
         if resuming and slot.manager.latest_step() is not None:
             state, _ = ckpt.restore_checkpoint(slot.manager, init, slot.meta)
@@ -699,7 +699,7 @@ def run_batch(
     """
     from find_jax.models import load_model
     from find_jax.report import write_run_report
-    from find_jax.sampler import pooled_embedding
+    from find_jax.sampler import pooled_embeddings
     from reward_models import make_reward
 
     reward_fn = make_reward(config.reward, **dict(config.reward_options))
@@ -707,7 +707,13 @@ def run_batch(
     p_size = max(1, min(batch_prompts, len(prompts)))
     mesh = make_prompt_mesh(p_size, devices)
     env_factory = make_sd_env_factory(model, config, mesh)
-    embed_fn = (lambda text: pooled_embedding(model, text)) if config.drcm_text_conditioned else None
+    embed_fn = None
+    if config.drcm_text_conditioned and prompts:  # no prompts: optimize_batch says so
+        # One batched, jitted text-encoder pass for every prompt (not one unjitted call per prompt). Chunks
+        # do not follow batch_prompts, so a resume with another group size gets the same embedding bits
+        # (config.json records their exact hash).
+        texts = [item.text for item in prompts]
+        embed_fn = dict(zip(texts, pooled_embeddings(model, texts), strict=True)).__getitem__
     result = optimize_batch(
         config,
         prompts,

@@ -160,15 +160,17 @@ def tokenize(model: DiffusionModel, prompts: Sequence[str], *, allow_empty: bool
     return ids.astype(np.int32)
 
 
-def make_text_encoder(model: DiffusionModel):
-    """Returns ``encode_fn(text_params, ids [B, L]) -> [B, L, D]`` (last hidden state), jitted once."""
+def make_text_encoder(model: DiffusionModel, *, pooled: bool = False):
+    """Returns ``encode_fn(text_params, ids [B, L])``, jitted once: the last hidden state ``[B, L, D]``, or with
+    ``pooled`` the pooled (EOS-token) embedding ``[B, D]``."""
     module = model.text_encoder.module
+    index = 1 if pooled else 0
 
     @jax.jit
     def encode_fn(text_params: Any, ids: jax.Array) -> jax.Array:
         pos = jnp.broadcast_to(jnp.arange(ids.shape[-1])[None], ids.shape)
         out = module.apply({"params": text_params}, ids, jnp.ones_like(ids), pos, deterministic=True)
-        return out[0]
+        return out[index]
 
     return encode_fn
 
@@ -188,6 +190,33 @@ def pooled_embedding(model: DiffusionModel, prompt: str) -> np.ndarray:
     pos = jnp.broadcast_to(jnp.arange(ids.shape[-1])[None], ids.shape)
     out = module.apply({"params": model.params["text_encoder"]}, ids, jnp.ones_like(ids), pos, deterministic=True)
     return np.asarray(out[1][0], dtype=np.float32)
+
+
+EMBED_CHUNK = 64  # prompts per text-encoder call in pooled_embeddings: one compiled shape for any prompt count
+
+
+def pooled_embeddings(model: DiffusionModel, prompts: Sequence[str], *, chunk: int = EMBED_CHUNK) -> np.ndarray:
+    """``[B, D]`` pooled text embeddings of ``B`` prompts: :func:`pooled_embedding` batched.
+
+    All prompts are tokenized together and encoded ``chunk`` rows per jitted call (the last chunk padded by
+    repeating its last row), so ``B`` prompts cost ``ceil(B / chunk)`` calls of one compiled program. Rows
+    are independent: each equals :func:`pooled_embedding` of its prompt to float32 rounding.
+    """
+    if chunk < 1:
+        raise ValueError(f"chunk must be >= 1; got {chunk}")
+    ids = tokenize(model, prompts)
+    n = ids.shape[0]
+    size = min(chunk, n)
+    encode_fn = make_text_encoder(model, pooled=True)
+    params = model.params["text_encoder"]
+    rows = []
+    for start in range(0, n, size):
+        part = ids[start : start + size]
+        k = part.shape[0]
+        if k < size:
+            part = np.concatenate([part, np.repeat(part[-1:], size - k, axis=0)])
+        rows.append(np.asarray(encode_fn(params, jnp.asarray(part)), dtype=np.float32)[:k])
+    return np.concatenate(rows)
 
 
 # ----------------------------------------------------------------------------------------------------------

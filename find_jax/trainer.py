@@ -133,7 +133,11 @@ def make_optimizers(config: FindConfig) -> tuple[optax.GradientTransformation, o
     return policy_tx, drcm_tx
 
 
-def _embed_dim(config: FindConfig, prompt_embedding: np.ndarray | None) -> int:
+def prompt_embed_dim(config: FindConfig, prompt_embedding: np.ndarray | None) -> int:
+    """``E``, the size of the DRCM's text condition ``prompt_embedding: [E]``; 0 without text conditioning.
+
+    Raises ``ValueError`` when ``config.drcm_text_conditioned`` and the embedding is missing, empty or not finite.
+    """
     if not config.drcm_text_conditioned:
         return 0
     if prompt_embedding is None:
@@ -151,7 +155,7 @@ def init_state(config: FindConfig, latent_shape: tuple[int, int, int], *, embed_
 
     Built by one jitted function (eager construction costs one compilation per small op).
     """
-    latent_shape = _check_latent_shape(latent_shape)
+    latent_shape = check_latent_shape(latent_shape)
     policy_tx, drcm_tx = make_optimizers(config)
     module = make_drcm(config)
     feature_dim = drcm_feature_dim(latent_shape, embed_dim)
@@ -177,7 +181,8 @@ def init_state(config: FindConfig, latent_shape: tuple[int, int, int], *, embed_
     return jax.jit(build)()
 
 
-def _check_latent_shape(latent_shape: Any) -> tuple[int, int, int]:
+def check_latent_shape(latent_shape: Any) -> tuple[int, int, int]:
+    """``latent_shape`` as a tuple of ints ``(C, h, w)``; raises ``ValueError`` unless three positive sizes."""
     shape = tuple(int(d) for d in latent_shape)
     if len(shape) != 3 or any(d < 1 for d in shape):
         raise ValueError(f"latent_shape must be (C, h, w) with positive sizes; got {latent_shape}")
@@ -316,19 +321,23 @@ def sample_from_state(state: FindState, rng: jax.Array, n: int) -> jax.Array:
     """``n`` latents ``[n, C, h, w]`` from the learned distribution N(mu, sigma^2) of ``state``."""
     if n < 1:
         raise ValueError(f"n must be >= 1; got {n}")
-    return _sample_jit(state.policy, rng, n=n, sigma_param=state.sigma_param, sigma_min=state.sigma_min)
+    return sample_jit(state.policy, rng, n=n, sigma_param=state.sigma_param, sigma_min=state.sigma_min)
 
 
 @functools.partial(jax.jit, static_argnames=("n", "sigma_param", "sigma_min"))
-def _sample_jit(policy: PolicyParams, rng: jax.Array, *, n: int, sigma_param: str, sigma_min: float) -> jax.Array:
+def sample_jit(policy: PolicyParams, rng: jax.Array, *, n: int, sigma_param: str, sigma_min: float) -> jax.Array:
+    """``n`` latents ``[n, C, h, w]`` from N(mu, sigma^2) of ``policy`` with key ``rng`` (jitted; keywords static)."""
     return rng_sample_fn(rng, policy, n, sigma_param=sigma_param, sigma_min=sigma_min)
 
 
 @functools.partial(jax.jit, static_argnames=("n", "sigma_param", "sigma_min"))
-def _iteration_sample_jit(
+def iteration_sample_jit(
     policy: PolicyParams, rng_loop: jax.Array, step: jax.Array, *, n: int, sigma_param: str, sigma_min: float
 ) -> tuple[jax.Array, jax.Array]:
-    """Iteration ``step``'s draw: ``(x [n, C, h, w], rng_env)`` from ``fold_in(rng_loop, step)``."""
+    """Iteration ``step``'s draw: ``(x [n, C, h, w], rng_env)`` from ``fold_in(rng_loop, step)`` (jitted).
+
+    A resumed run, and each prompt of a batch run, draws the same numbers as an uninterrupted single run.
+    """
     rng_sample, rng_env = jax.random.split(jax.random.fold_in(rng_loop, step))
     return rng_sample_fn(rng_sample, policy, n, sigma_param=sigma_param, sigma_min=sigma_min), rng_env
 
@@ -337,14 +346,18 @@ def _iteration_sample_jit(
 # Run directory
 
 
-def _array_hash(a: np.ndarray | None) -> str:
+def array_hash(a: np.ndarray | None) -> str:
+    """A 16-hex-digit SHA-256 of ``a`` as float32 bytes and shape (``""`` for ``None``): the prompt embedding's
+    fingerprint in ``config.json``. Exact: any change of a bit gives another hash."""
     if a is None:
         return ""
     a = np.ascontiguousarray(np.asarray(a, np.float32))
     return hashlib.sha256(a.tobytes() + str(a.shape).encode()).hexdigest()[:16]
 
 
-def _run_record(config, latent_shape, embed_dim, model_id, weights_hash, embedding_hash) -> dict[str, Any]:
+def run_record(config, latent_shape, embed_dim, model_id, weights_hash, embedding_hash) -> dict[str, Any]:
+    """The run's ``config.json`` record: config, frozen model id and hash, ``latent_shape (C, h, w)``,
+    ``embed_dim`` and the prompt embedding's :func:`array_hash`; a resume must match it."""
     return {
         "format_version": RUN_FORMAT_VERSION,
         "config": config_to_dict(config),
@@ -369,7 +382,7 @@ def read_run(workdir: str | Path) -> tuple[FindConfig, dict[str, Any]]:
     return config, record
 
 
-def _prepare_workdir(workdir: Path, record: dict[str, Any], config: FindConfig) -> bool:
+def prepare_workdir(workdir: Path, record: dict[str, Any], config: FindConfig) -> bool:
     """Creates ``workdir`` or checks it belongs to this run; returns True if it holds a previous run."""
     if workdir.exists() and not workdir.is_dir():
         raise RunDirError(f"workdir {workdir} exists and is not a directory")
@@ -402,7 +415,9 @@ def _prepare_workdir(workdir: Path, record: dict[str, Any], config: FindConfig) 
     return False
 
 
-def _meta(config: FindConfig, record: dict[str, Any]) -> dict[str, Any]:
+def checkpoint_meta(config: FindConfig, record: dict[str, Any]) -> dict[str, Any]:
+    """The metadata stored with (and checked on restore of) each checkpoint: config hash, latent shape,
+    ``embed_dim``, model id and weights hash, from ``record`` (:func:`run_record`)."""
     return {
         "config_hash": config_hash(config),
         "latent_shape": list(record["latent_shape"]),
@@ -448,17 +463,15 @@ def optimize(
     """
     if not config.prompt.strip():
         raise ValueError("config.prompt is empty: give the text prompt to optimise for")
-    latent_shape = _check_latent_shape(latent_shape)
-    embed_dim = _embed_dim(config, prompt_embedding)
+    latent_shape = check_latent_shape(latent_shape)
+    embed_dim = prompt_embed_dim(config, prompt_embedding)
     emb = np.asarray(prompt_embedding, np.float32).ravel() if embed_dim else np.zeros((0,), np.float32)
-    record = _run_record(
-        config, latent_shape, embed_dim, model_id, weights_hash, _array_hash(emb if embed_dim else None)
-    )
+    record = run_record(config, latent_shape, embed_dim, model_id, weights_hash, array_hash(emb if embed_dim else None))
     workdir = Path(workdir)
-    resuming = _prepare_workdir(workdir, record, config)
+    resuming = prepare_workdir(workdir, record, config)
 
     manager = ckpt.make_manager(workdir / CHECKPOINT_DIR)
-    meta = _meta(config, record)
+    meta = checkpoint_meta(config, record)
     state = init_state(config, latent_shape, embed_dim=embed_dim)
     if resuming and manager.latest_step() is not None:
         state, _ = ckpt.restore_checkpoint(manager, state, meta)
@@ -477,7 +490,7 @@ def optimize(
 
     for it in range(start, config.iterations):
         t0 = time.perf_counter()
-        x, rng_env = _iteration_sample_jit(
+        x, rng_env = iteration_sample_jit(
             state.policy,
             state.rng,
             jnp.int32(it),
@@ -581,7 +594,7 @@ def load_state(workdir: str | Path, *, step: int | None = None) -> FindState:
         raise ckpt.CheckpointError(f"{workdir} has no checkpoints yet ({ckpt_dir} is missing)")
     manager = ckpt.make_manager(ckpt_dir)
     template = init_state(config, tuple(record["latent_shape"]), embed_dim=int(record["embed_dim"]))
-    state, _ = ckpt.restore_checkpoint(manager, template, _meta(config, record), step=step)
+    state, _ = ckpt.restore_checkpoint(manager, template, checkpoint_meta(config, record), step=step)
     return state
 
 
@@ -592,12 +605,20 @@ __all__ = [
     "FindState",
     "RewardFn",
     "RunDirError",
+    "array_hash",
+    "check_latent_shape",
+    "checkpoint_meta",
     "init_state",
+    "iteration_sample_jit",
     "load_state",
     "make_optimizers",
     "make_update_fn",
     "optimize",
+    "prepare_workdir",
+    "prompt_embed_dim",
     "read_run",
+    "run_record",
     "sample_from_state",
+    "sample_jit",
     "split_seed",
 ]

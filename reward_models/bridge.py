@@ -7,6 +7,11 @@ normalises on that device, and :func:`torch_to_jax` returns the scores the same 
 PIL, numpy round trips or files. A tensor that would have to change device is refused with
 :class:`DeviceMismatchError` rather than copied silently.
 
+A ``jax.Array`` sharded over several devices (a batch run shards the prompt axis with a ``Mesh``) has no
+single buffer to hand over: :func:`jax_to_torch` first gathers it onto one of the devices that already hold
+it (:func:`gather_to_one_device`; one copy of the batch, none when every device holds all of it), then
+shares that buffer as above.
+
 ``torch`` is imported inside the functions, so importing this module stays cheap.
 """
 
@@ -91,7 +96,11 @@ def read_preprocess_config(directory: str | Path | None, default: ImagePreproces
 
 
 def torch_device_of(x: Any) -> torch.device:
-    """The torch device that aliases ``x``'s buffer: ``cpu`` or ``cuda:N`` for a single-device jax.Array."""
+    """The torch device that aliases ``x``'s buffer: ``cpu`` or ``cuda:N`` for a single-device jax.Array.
+
+    A sharded array has no single buffer and is refused here: :func:`gather_to_one_device` it first
+    (:func:`jax_to_torch` does so itself).
+    """
     import torch
 
     if isinstance(x, np.ndarray):
@@ -104,12 +113,61 @@ def torch_device_of(x: Any) -> torch.device:
             f"the array is sharded over {len(devices)} devices; DLPack needs one device: gather it first "
             "(e.g. jax.device_put(x, jax.devices()[0])) or score each shard separately"
         )
-    dev = next(iter(devices))
+    return _torch_device_for(next(iter(devices)))
+
+
+def _torch_device_for(dev: jax.Device) -> torch.device:
+    """The torch device that shares memory with the JAX device ``dev`` through DLPack."""
+    import torch
+
     if dev.platform == "cpu":
         return torch.device("cpu")
     if dev.platform in ("gpu", "cuda", "rocm"):
         return torch.device("cuda", dev.local_hardware_id)
     raise DeviceMismatchError(f"JAX device {dev} ({dev.platform}) has no PyTorch counterpart for DLPack")
+
+
+def gather_to_one_device(x: jax.Array, device: Any = None) -> jax.Array:
+    """``x`` on a single device, ready for DLPack; a single-device array is returned as it is (no copy).
+
+    A sharded array is gathered onto one of the devices that already hold part of it: the one matching the
+    torch ``device`` when given, else the holder with the lowest id. A fully replicated array costs no copy
+    (that device's own copy is used); otherwise the whole array is copied there once (``jax.device_put``).
+
+    Raises:
+      DeviceMismatchError: none of ``x``'s devices is the torch ``device`` (the bridge never copies across
+        devices: build the reward on one of the images' devices).
+      ValueError: ``x`` spans several processes (this process cannot see every shard).
+    """
+    import torch
+
+    if not isinstance(x, jax.Array):
+        raise TypeError(f"expected a jax.Array, got {type(x).__name__}")
+    if len(x.devices()) == 1:
+        return x
+    if not x.is_fully_addressable:
+        raise ValueError(
+            "the array is sharded over several processes; this process cannot gather it: gather it on the "
+            "host first (jax.experimental.multihost_utils.process_allgather) or score each process's shards"
+        )
+    holders = sorted(x.devices(), key=lambda d: d.id)
+    if device is None:
+        target = holders[0]
+    else:
+        want = torch.device(device)
+        matching = [d for d in holders if _same_device(_torch_device_for(d), want)]
+        if not matching:
+            raise DeviceMismatchError(
+                f"the images are sharded over {', '.join(str(d) for d in holders)} but the reward model "
+                f"expects {want}; the bridge never copies across devices: build the reward on "
+                f"'{_torch_device_for(holders[0])}' or move the images with jax.device_put first"
+            )
+        target = matching[0]
+    if x.is_fully_replicated:  # every device holds all of x: hand over the target's own buffer
+        for shard in x.addressable_shards:
+            if shard.device == target:
+                return shard.data
+    return jax.device_put(x, target)
 
 
 def _same_device(a: torch.device, b: torch.device) -> bool:
@@ -128,7 +186,9 @@ def jax_to_torch(x: jax.Array | np.ndarray, device: Any = None) -> torch.Tensor:
     """A torch tensor sharing ``x``'s memory (DLPack; no copy).
 
     Args:
-      x: a single-device ``jax.Array`` (or a numpy array, shared through ``torch.from_numpy``), any shape.
+      x: a ``jax.Array`` (or a numpy array, shared through ``torch.from_numpy``), any shape. A single-device
+        array is shared as it is; a sharded one is first gathered onto one of its devices
+        (:func:`gather_to_one_device`, one copy) and that buffer is shared.
       device: the device the caller expects (e.g. the reward model's); ``None`` accepts ``x``'s own.
 
     Returns:
@@ -141,6 +201,8 @@ def jax_to_torch(x: jax.Array | np.ndarray, device: Any = None) -> torch.Tensor:
     """
     import torch
 
+    if isinstance(x, jax.Array) and len(x.devices()) > 1:
+        x = gather_to_one_device(x, device)
     src = torch_device_of(x)
     if device is not None and not _same_device(torch.device(device), src):
         raise DeviceMismatchError(

@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -14,10 +20,12 @@ from reward_models.bridge import (
     CLIP_STD,
     DeviceMismatchError,
     clip_preprocess,
+    gather_to_one_device,
     jax_to_torch,
     preprocess_images,
     preprocess_with,
     read_preprocess_config,
+    torch_device_of,
     torch_to_jax,
 )
 
@@ -90,14 +98,96 @@ def test_wrong_types_are_refused():
         torch_to_jax(np.zeros(3))  # type: ignore[arg-type]
 
 
+def test_gather_keeps_a_single_device_array():
+    x = jnp.ones((2, 3))
+    assert gather_to_one_device(x) is x
+    with pytest.raises(TypeError, match="jax.Array"):
+        gather_to_one_device(np.ones(3))  # type: ignore[arg-type]
+
+
 @pytest.mark.skipif(len(jax.devices()) < 2, reason="needs several (forced host) devices")
-def test_sharded_array_is_refused():
+def test_sharded_array_is_gathered():
     from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
     mesh = Mesh(np.array(jax.devices()[:2]), ("b",))
-    x = jax.device_put(jnp.zeros((2, 4)), NamedSharding(mesh, PartitionSpec("b")))
+    a = np.arange(8, dtype=np.float32).reshape(2, 4)
+    x = jax.device_put(jnp.asarray(a), NamedSharding(mesh, PartitionSpec("b")))
+    np.testing.assert_array_equal(jax_to_torch(x).numpy(), a)
     with pytest.raises(ValueError, match="sharded over 2 devices"):
-        jax_to_torch(x)
+        torch_device_of(x)  # no single buffer: only jax_to_torch gathers
+
+
+def run_on_four_devices(script: str, *args) -> dict:
+    """Runs ``script`` in a fresh interpreter with 4 fake CPU devices (XLA_FLAGS must precede jax's import)."""
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4", "JAX_PLATFORMS": "cpu"}
+    proc = subprocess.run(
+        [sys.executable, "-c", script, *map(str, args)], env=env, capture_output=True, text=True, timeout=600
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+SHARDED_SCRIPT = textwrap.dedent(
+    """
+    import gc, json, sys
+    from pathlib import Path
+    import jax, jax.numpy as jnp, numpy as np, torch
+    from jax.sharding import Mesh, NamedSharding, PartitionSpec
+    sys.path.insert(0, sys.argv[2])
+    from reward_fixtures import random_images, write_tiny_clip
+    from test_aesthetic import _mlp_state
+    from reward_models import make_reward
+    from reward_models.bridge import DeviceMismatchError, gather_to_one_device, jax_to_torch
+
+    torch.set_num_threads(1)
+    assert len(jax.devices()) == 4, jax.devices()
+    mesh = Mesh(np.array(jax.devices()), ("b",))
+    out = {}
+
+    # The bridge itself: a batch split over 4 devices reaches torch whole, in order.
+    a = np.arange(8 * 5 * 3, dtype=np.float32).reshape(8, 5, 3)
+    x = jax.device_put(jnp.asarray(a), NamedSharding(mesh, PartitionSpec("b")))
+    out["split"] = [len(x.sharding.device_set), x.addressable_shards[0].data.shape[0]]
+    t = jax_to_torch(x, device="cpu")
+    del x
+    gc.collect()  # the gathered buffer must outlive the temporary jax.Array
+    out["bridge_equal"] = bool(np.array_equal(t.numpy(), a))
+    y = jax.device_put(jnp.asarray(a), NamedSharding(mesh, PartitionSpec("b")))
+    try:
+        jax_to_torch(y, device="meta")  # a device none of the shards is on: refused, not copied
+    except DeviceMismatchError as err:
+        out["mismatch"] = str(err)
+    # Fully replicated: the target device's own copy is shared, no gather.
+    r = jax.device_put(jnp.asarray(a), NamedSharding(mesh, PartitionSpec()))
+    own = gather_to_one_device(r).unsafe_buffer_pointer()
+    held = [s.data.unsafe_buffer_pointer() for s in r.addressable_shards]
+    out["replicated_zero_copy"] = own in held and jax_to_torch(r).data_ptr() == own
+
+    # A torch-backed reward: the same 8 images sharded over 4 devices and on one device.
+    d = Path(sys.argv[1])
+    write_tiny_clip(d, seed=0, tokenizer=False)
+    torch.save(_mlp_state(16), d / "sac+logos+ava1-l14-linearMSE.pth")
+    reward = make_reward("aesthetic", path=str(d))
+    images = random_images(0, 8, 30)
+    prompts = ["ignored"] * 8
+    sharded = jax.device_put(jnp.asarray(images), NamedSharding(mesh, PartitionSpec("b")))
+    out["images_split"] = len(sharded.sharding.device_set)
+    out["sharded"] = reward(sharded, prompts).tolist()
+    out["single"] = reward(jax.device_put(jnp.asarray(images), jax.devices()[0]), prompts).tolist()
+    print(json.dumps(out))
+    """
+)
+
+
+def test_sharded_images_on_four_devices_score_like_unsharded(tmp_path):
+    out = run_on_four_devices(SHARDED_SCRIPT, tmp_path, os.path.dirname(__file__))
+    assert out["split"] == [4, 2]  # 8 rows, 2 per device
+    assert out["bridge_equal"] and out["replicated_zero_copy"]
+    assert "never copies across devices" in out.get("mismatch", ""), out
+    assert out["images_split"] == 4
+    assert len(out["sharded"]) == 8 and np.ptp(out["single"]) > 1e-3  # the scores depend on the image
+    # Same images, same torch computation after the gather: the scores agree exactly.
+    np.testing.assert_array_equal(out["sharded"], out["single"])
 
 
 def _pil_processor(img: np.ndarray, size: int, resample=Image.BICUBIC) -> np.ndarray:
