@@ -57,13 +57,13 @@ def main(argv: list[str] | None = None) -> None:
         rng = jax.random.PRNGKey(args.seed)
         xs = np.asarray(jax.random.normal(jax.random.fold_in(rng, 1), (args.calls, *env.latent_shape)))
         imgs = np.concatenate([np.asarray(env(xs[i : i + 50], rng)) for i in range(0, args.calls, 50)])
-        s = ev._score(imgs, prompt)
+        s = ev.score_images(imgs, prompt)
         adv = (s.reward - s.reward.mean()) / (s.reward.std() + 1e-8)
         d = np.tensordot(adv, xs, axes=1) / args.calls  # [C, h, w]
         z = np.asarray(jax.random.normal(jax.random.fold_in(rng, 2), (args.num_images, *env.latent_shape)))
         row = {
             "calls_exact": float(s.exact.mean()),
-            "base": float(ev._score(np.asarray(env(z, rng)), prompt).exact.mean()),
+            "base": float(ev.score_images(np.asarray(env(z, rng)), prompt).exact.mean()),
         }
         for b in pools:
             c, h, w = d.shape
@@ -72,12 +72,12 @@ def main(argv: list[str] | None = None) -> None:
             d_hat = d_b / np.linalg.norm(d_b)
             for k in ks:
                 images = np.asarray(env(z + k * d_hat, rng))
-                row[f"b{b}k{k:g}"] = float(ev._score(images, prompt).exact.mean())
+                row[f"b{b}k{k:g}"] = float(ev.score_images(images, prompt).exact.mean())
         rgb = np.asarray(world.COLOURS[world.parse_caption(prompt).colour], np.float32)
         colour_dir = np.tile(2 * rgb - 1, env.latent_shape[0] // 3)[:, None, None]  # channel (dy*2+dx)*3 + c
         for c in colour_shifts:
             images = np.asarray(env(z + c * colour_dir, rng))
-            row[f"colour{c:g}"] = float(ev._score(images, prompt).exact.mean())
+            row[f"colour{c:g}"] = float(ev.score_images(images, prompt).exact.mean())
         out[prompt] = row
         print(f"{prompt:44s} " + "  ".join(f"{a} {b:.2f}" for a, b in row.items()), flush=True)
     if args.json:

@@ -2,6 +2,7 @@
 
 import math
 
+import numpy as np
 import pytest
 
 from find_jax.shapes import evaluation as ev
@@ -93,3 +94,17 @@ def test_aggregate_pools_groups_and_skips_incomplete_methods():
 def test_interleave_keeps_both_sets_early():
     out = ev._interleave(["r1", "r2", "r3"], ["c1", "c2"])
     assert out == ["r1", "r2", "c1", "r3", "c2"]
+
+
+def test_score_images_on_rendered_scenes():
+    """Ground-truth renders are exactly aligned with their own captions and not with a wrong colour."""
+    from find_jax.shapes import world
+
+    rng = np.random.default_rng(0)
+    objects, caption = world.sample_scene(rng)
+    images = np.stack([world.render(objects)] * 3)
+    s = ev.score_images(images, caption.text())
+    assert s.summary()["exact"] == 1.0 and s.exact.shape == (3,)
+    wrong = next(c for c in world.COLOURS if c != caption.colour)
+    other = world.Caption("plain", wrong, caption.shape).text()
+    assert not ev.score_images(images[:1], other).exact.any()

@@ -140,7 +140,8 @@ class Scores:
         return {"n": n, "exact": k / n, "exact_ci": wilson(k, n), "reward": m, "reward_ci": (lo, hi)}
 
 
-def _score(images: np.ndarray, prompt: str) -> Scores:
+def score_images(images: np.ndarray, prompt: str) -> Scores:
+    """Exact-scorer results of ``images [N, 32, 32, 3]`` in [0, 1] against one caption."""
     from reward_models.shapes import score_batch
 
     s = score_batch(images, [prompt] * len(images))
@@ -214,12 +215,12 @@ def evaluate(
         x0 = jax.random.normal(rng_eval, (n_images, *shape))
         row: dict[str, Any] = {"group": group}
         for eta, env_e in envs.items():
-            row[_base_name(eta)] = _score(np.asarray(env_e(x0, rng_eval)), prompt).summary()
+            row[_base_name(eta)] = score_images(np.asarray(env_e(x0, rng_eval)), prompt).summary()
         if search:  # best-of-N random search at FIND's number of reward calls
             n_calls = iterations * base_cfg.samples_per_iter
             xs = jax.random.normal(jax.random.fold_in(rng_eval, 1), (n_calls, *shape))
             found = np.concatenate([np.asarray(env(xs[i : i + 50], rng_eval)) for i in range(0, n_calls, 50)])
-            s = _score(found, prompt)
+            s = score_images(found, prompt)
             row["best_of_n"] = {"n": n_calls, "best_reward": float(s.reward.max()), "found_exact": bool(s.exact.any())}
         for method in methods:
             if method.ablation and prompt not in ablation:
@@ -230,7 +231,7 @@ def evaluate(
             state = run(cfg, run_dir, model=model)
             seconds = time.perf_counter() - tm
             xm = sample_from_state(state, rng_eval, n_images)
-            summary = _score(np.asarray(envs[cfg.eta](xm, rng_eval)), prompt).summary()
+            summary = score_images(np.asarray(envs[cfg.eta](xm, rng_eval)), prompt).summary()
             metrics = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
             best = max(m.get("reward/max", -1.0) for m in metrics)
             summary.update(
