@@ -37,7 +37,7 @@ import numpy as np
 from find_jax.metrics import read_metrics
 from find_jax.progress import ProgressBar
 from find_jax.prompts import slugify
-from find_jax.report import save_grid, smooth
+from find_jax.report import save_figure, save_grid, smooth
 
 logger = logging.getLogger(__name__)
 
@@ -450,11 +450,7 @@ def plot_reward_curves(runs: Sequence[tuple[str, Path]], out: str | Path) -> Pat
     ax.set_ylabel("reward (EMA 0.9)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    out = Path(out)
-    fig.savefig(out)
-    plt.close(fig)
-    return out
+    return save_figure(fig, out)
 
 
 __all__ = [

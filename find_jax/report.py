@@ -38,6 +38,13 @@ def plot_reward_curve(metrics: list[dict], out: str | Path, *, title: str = "") 
     ax.set_title(title, fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
+    return save_figure(fig, out)
+
+
+def save_figure(fig, out: str | Path) -> Path:
+    """Lays out, writes and closes a matplotlib figure; returns the path."""
+    import matplotlib.pyplot as plt
+
     fig.tight_layout()
     out = Path(out)
     fig.savefig(out)

@@ -13,6 +13,7 @@ import textwrap
 import jax
 import numpy as np
 import pytest
+from multidevice import run_on_four_devices
 
 from find_jax import batch, trainer
 from find_jax.config import get_preset
@@ -281,16 +282,6 @@ SHARDED_SCRIPT = textwrap.dedent(
     print(json.dumps(diffs))
     """
 )
-
-
-def run_on_four_devices(script, *args):
-    """Runs ``script`` in a fresh interpreter with 4 fake CPU devices (XLA_FLAGS must precede jax's import)."""
-    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4", "JAX_PLATFORMS": "cpu"}
-    proc = subprocess.run(
-        [sys.executable, "-c", script, *map(str, args)], env=env, capture_output=True, text=True, timeout=600
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
 SHARDED_BANDIT_SCRIPT = textwrap.dedent(

@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import json
 import os
-import subprocess
-import sys
 import textwrap
 
 import jax
@@ -13,6 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
+from multidevice import run_on_four_devices
 from PIL import Image
 
 from reward_models.bridge import (
@@ -115,16 +113,6 @@ def test_sharded_array_is_gathered():
     np.testing.assert_array_equal(jax_to_torch(x).numpy(), a)
     with pytest.raises(ValueError, match="sharded over 2 devices"):
         torch_device_of(x)  # no single buffer: only jax_to_torch gathers
-
-
-def run_on_four_devices(script: str, *args) -> dict:
-    """Runs ``script`` in a fresh interpreter with 4 fake CPU devices (XLA_FLAGS must precede jax's import)."""
-    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4", "JAX_PLATFORMS": "cpu"}
-    proc = subprocess.run(
-        [sys.executable, "-c", script, *map(str, args)], env=env, capture_output=True, text=True, timeout=600
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
 SHARDED_SCRIPT = textwrap.dedent(

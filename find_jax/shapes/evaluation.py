@@ -199,7 +199,8 @@ def evaluate(
         return make_config(method.preset, prompt=prompt, **fields)
 
     base_cfg = make_config("paper", prompt="x", **sampler_kw)
-    etas = sorted({base_cfg.eta} | {config(m, "x").eta for m in methods})
+    method_cfgs = [config(m, "x") for m in methods]
+    etas = sorted({base_cfg.eta} | {c.eta for c in method_cfgs})
     rows: dict[str, dict[str, Any]] = {}
     prompts = _interleave([(p, "rare") for p in rare], [(p, "common") for p in common])
     prompts += [(p, "tuning") for p in tuning]
@@ -216,8 +217,8 @@ def evaluate(
         row: dict[str, Any] = {"group": group}
         for eta, env_e in envs.items():
             row[_base_name(eta)] = score_images(np.asarray(env_e(x0, rng_eval)), prompt).summary()
-        if search:  # best-of-N random search at FIND's number of reward calls
-            n_calls = iterations * base_cfg.samples_per_iter
+        if search:  # best-of-N random search at FIND's number of reward calls (the most any method makes)
+            n_calls = max((c.iterations * c.samples_per_iter for c in method_cfgs), default=iterations)
             xs = jax.random.normal(jax.random.fold_in(rng_eval, 1), (n_calls, *shape))
             found = np.concatenate([np.asarray(env(xs[i : i + 50], rng_eval)) for i in range(0, n_calls, 50)])
             s = score_images(found, prompt)
