@@ -4,6 +4,9 @@ VENV   ?= .venv
 PYTHON ?= python3
 BIN     = $(VENV)/bin
 PROMPT ?= a green circle
+# JAX CPU devices for the main job: the sampler splits its CFG batch over them, one core each (~1.5x faster
+# on a 2-core machine than one device; harmless elsewhere: only JAX's CPU backend is affected).
+CPU_DEVICES ?= 2
 
 .PHONY: install run test lint format
 
@@ -18,7 +21,7 @@ $(VENV)/.installed: pyproject.toml
 
 # The main job: FIND on the shipped shapes-world model, reward `shapes`, 150 iterations.
 run: install
-	$(BIN)/find-jax optimize --prompt "$(PROMPT)"
+	$(BIN)/find-jax --cpu-devices $(CPU_DEVICES) optimize --prompt "$(PROMPT)"
 
 lint: install
 	$(BIN)/ruff format --check .

@@ -57,6 +57,13 @@ def build_parser() -> argparse.ArgumentParser:
         "optimisation (JAX/Flax).",
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument(
+        "--cpu-devices",
+        default=None,
+        metavar="N",
+        help="run JAX's CPU backend as N devices so the sampler splits its batch over N cores (default: "
+        "$FIND_JAX_CPU_DEVICES, else 1; e.g. 2 on a 2-core machine: ~1.5x faster sampling)",
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     s = sub.add_parser(
@@ -370,8 +377,9 @@ def _setup(args: argparse.Namespace) -> None:
     )
     for noisy in ("jax", "absl", "orbax", "jax._src.xla_bridge"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    from find_jax.sampler import enable_compilation_cache
+    from find_jax.sampler import configure_cpu_devices, enable_compilation_cache
 
+    configure_cpu_devices(args.cpu_devices)
     cache = enable_compilation_cache(getattr(args, "cache_dir", None))
     log.debug("compilation cache: %s", cache)
 
@@ -443,7 +451,11 @@ def _user_errors() -> tuple[type[BaseException], ...]:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    _setup(args)
+    try:
+        _setup(args)
+    except ValueError as e:
+        print(f"find-jax: error: {e}", file=sys.stderr)
+        return 2
     try:
         return args.func(args)
     except _user_errors() as e:

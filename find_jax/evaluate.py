@@ -24,6 +24,7 @@ and ``reward_curves.png`` (every prompt's smoothed training reward and their mea
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import logging
 import math
@@ -127,6 +128,14 @@ class _Samplers:
         self.models: dict[tuple, Any] = {}
         self.samplers: dict[tuple, Any] = {}
         self.encoders: dict[int, Any] = {}
+        self.params: dict[int, Any] = {}  # per model: params replicated over the batch mesh (or as loaded)
+
+    @functools.cached_property
+    def mesh(self) -> Any:
+        """The samplers' batch mesh over the local devices (None on one device)."""
+        from find_jax.sampler import batch_mesh
+
+        return batch_mesh()
 
     def model(self, config) -> Any:
         if self.given is not None:
@@ -144,15 +153,19 @@ class _Samplers:
         model = self.model(config)
         if id(model) not in self.encoders:
             self.encoders[id(model)] = make_text_encoder(model)
+            self.params[id(model)] = Environment.replicated_params(model, self.mesh)
         encode_fn = self.encoders[id(model)]
         key = (id(model), config.steps, config.guidance, config.eta)
         if key not in self.samplers:
-            self.samplers[key] = make_sampler(model, steps=config.steps, guidance=config.guidance, eta=config.eta)
+            self.samplers[key] = make_sampler(
+                model, steps=config.steps, guidance=config.guidance, eta=config.eta, mesh=self.mesh
+            )
         dh, dw = model.default_size
         height, width = config.height or dh, config.width or dw
         cond = encode_prompts(model, [config.prompt], encode_fn=encode_fn)
         uncond = encode_prompts(model, [config.negative_prompt], allow_empty=True, encode_fn=encode_fn)
-        return Environment(model, [config.prompt], cond, uncond, self.samplers[key], height, width)
+        sampler, params = self.samplers[key], self.params[id(model)]
+        return Environment(model, [config.prompt], cond, uncond, sampler, height, width, self.mesh, params)
 
 
 def sample_pairs(env, state, *, num_images: int, seed: int, batch_size: int) -> tuple[np.ndarray, np.ndarray]:

@@ -15,6 +15,11 @@ with the timesteps, ``a_prev`` for the last step and the prediction types of dif
 ``sigma_t * z`` term; here ``z`` comes from ``fold_in(rng, step)`` so ``eta > 0`` is reproducible.
 
 Classifier-free guidance is one batched UNet call on ``[2B]`` inputs: ``eps = u + g * (c - u)``.
+
+Several devices (GPUs, or CPU cores exposed as host devices with :func:`configure_cpu_devices`): given a
+:func:`batch_mesh`, the UNet's ``[2B]`` batch is split over the devices inside the scan (data parallel; at
+``B = 1`` the unconditional and conditional halves run on different devices) and the params are replicated
+once per environment. Results equal the one-device sampler to float32 rounding.
 """
 
 from __future__ import annotations
@@ -30,6 +35,8 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as PS
 
 from find_jax.models import DiffusionModel
 
@@ -223,7 +230,9 @@ def pooled_embeddings(model: DiffusionModel, prompts: Sequence[str], *, chunk: i
 # The sampler.
 
 
-def make_sampler(model: DiffusionModel, *, steps: int = 50, guidance: float = 7.5, eta: float = 0.0):
+def make_sampler(
+    model: DiffusionModel, *, steps: int = 50, guidance: float = 7.5, eta: float = 0.0, mesh: Mesh | None = None
+):
     """Builds the jitted sampler ``sample_fn(params, latents, cond, uncond, rng) -> images``.
 
     Args of ``sample_fn``:
@@ -233,6 +242,10 @@ def make_sampler(model: DiffusionModel, *, steps: int = 50, guidance: float = 7.
       rng: PRNG key for the eta noise (unused when ``eta == 0``).
     Returns images ``[B, H, W, 3]`` float32 in ``[0, 1]``. ``steps``, ``guidance`` and ``eta`` are baked in
     (one compile per setting and shape); changing prompts or latents never recompiles.
+
+    ``mesh``: a 1-D :func:`batch_mesh`; the UNet batch (``[2B]`` with CFG, else ``[B]``) is sharded over it
+    when its size divides that batch (else the call runs replicated, with a warning at compile time). Pass
+    params replicated over the mesh (as :class:`Environment` does) so they are not copied every call.
     """
     if guidance < 0 or not np.isfinite(guidance):
         raise ValueError(f"guidance must be >= 0; got {guidance}")
@@ -247,17 +260,37 @@ def make_sampler(model: DiffusionModel, *, steps: int = 50, guidance: float = 7.
 
     def sample_fn(params, latents, cond, uncond, rng):
         x0 = jax.lax.stop_gradient(latents).astype(jnp.float32)
-        context = jnp.concatenate([uncond, cond]) if do_cfg else cond
-        context = context.astype(dtype)
+        b = x0.shape[0]
+        # Row layout of the UNet batch. One device: [uncond rows; cond rows]. On a mesh that divides B, each
+        # device holds whole CFG pairs (rows interleaved u0, c0, u1, c1, ...) and the loop needs no
+        # communication; when only 2B divides (B = 1), the two halves go to different devices.
+        by_row = _batch_sharding(mesh, b, warn=False)
+        interleave = do_cfg and mesh is not None and b % mesh.size == 0
+        shard = _batch_sharding(mesh, 2 * b if do_cfg else b)
+
+        def pair(u, c):
+            if not do_cfg:
+                return c
+            if interleave:
+                return jnp.stack([u, c], axis=1).reshape(2 * b, *u.shape[1:])
+            return jnp.concatenate([u, c])
+
+        def unpair(out):
+            if interleave:
+                out = out.reshape(b, 2, *out.shape[1:])
+                return out[:, 0], out[:, 1]
+            return jnp.split(out, 2)
+
+        context = shard(pair(uncond, cond).astype(dtype))
 
         def body(x, inputs):
             i, t, a, a_prev = inputs
-            x_in = jnp.concatenate([x, x]) if do_cfg else x
+            x_in = shard(pair(x, x))
             t_in = jnp.full((x_in.shape[0],), t, dtype=jnp.int32)
             out = unet.apply({"params": params["unet"]}, x_in.astype(dtype), t_in, context).sample
-            out = out.astype(jnp.float32)
+            out = shard(out).astype(jnp.float32)
             if do_cfg:
-                u, c = jnp.split(out, 2)
+                u, c = unpair(out)
                 out = u + guidance * (c - u)
             noise = jax.random.normal(jax.random.fold_in(rng, i), x.shape, jnp.float32) if eta > 0 else x
             x = ddim_step(
@@ -270,13 +303,73 @@ def make_sampler(model: DiffusionModel, *, steps: int = 50, guidance: float = 7.
                 prediction_type=sched.prediction_type,
                 clip_sample=sched.clip_sample,
             )
-            return x, None
+            return by_row(x), None
 
         xs = (jnp.arange(len(sched.timesteps)), ts, al, alp)
-        x, _ = jax.lax.scan(body, x0, xs)
+        x, _ = jax.lax.scan(body, by_row(x0), xs)
         return decoder.decode(params["decoder"], x.astype(dtype))
 
     return jax.jit(sample_fn)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Devices.
+
+BATCH_AXIS = "batch"
+CPU_DEVICES_ENV = "FIND_JAX_CPU_DEVICES"
+
+
+def configure_cpu_devices(n: int | str | None = None) -> int | None:
+    """Exposes ``n`` CPU cores as ``n`` JAX host devices, so the sampler can split its batch over them.
+
+    ``n``: a count >= 1, or None for ``$FIND_JAX_CPU_DEVICES`` (unset: JAX's default is left alone and None
+    is returned). Must run before JAX's first operation (the CLI calls it at start-up); afterwards it only
+    checks, and a count other than the running one raises ``ValueError``. Only the CPU backend is affected
+    (GPUs are separate devices already). Returns the count.
+
+    Why: on a small CPU XLA runs the tiny UNet's kernels on one core; two host devices put the two halves
+    of the CFG batch on two cores (README, Benchmarks).
+    """
+    raw = os.environ.get(CPU_DEVICES_ENV) if n is None else n
+    if raw is None or (isinstance(raw, str) and not raw.strip()):
+        return None
+    source = f"${CPU_DEVICES_ENV}" if n is None else "--cpu-devices"
+    try:
+        count = int(raw)
+    except (TypeError, ValueError):
+        count = 0
+    if count < 1:
+        raise ValueError(f"{source} must be a whole number >= 1; got {raw!r}")
+    try:
+        jax.config.update("jax_num_cpu_devices", count)
+    except RuntimeError:  # JAX has started: only a matching count is fine
+        have = len(jax.devices("cpu"))
+        if have != count:
+            raise ValueError(
+                f"{source} asks for {count} CPU devices but JAX already runs with {have}; set it before the "
+                "first JAX operation"
+            ) from None
+    return count
+
+
+def batch_mesh(devices: Sequence[jax.Device] | None = None) -> Mesh | None:
+    """A 1-D mesh (axis ``"batch"``) over ``devices`` (default: all local devices); None for one device."""
+    devices = list(jax.local_devices() if devices is None else devices)
+    if len(devices) < 2:
+        return None
+    return Mesh(np.array(devices), (BATCH_AXIS,))
+
+
+def _batch_sharding(mesh: Mesh | None, batch: int, *, warn: bool = True):
+    """``x -> x`` constrained to be split along axis 0 over ``mesh``, or the identity when that is not
+    possible (no mesh, or ``batch`` not a multiple of the mesh size; logged when ``warn``)."""
+    if mesh is None or (batch % mesh.size and not warn):
+        return lambda x: x
+    if batch % mesh.size:
+        log.warning("UNet batch %d is not a multiple of %d devices: sampling replicated", batch, mesh.size)
+        return lambda x: x
+    sharding = NamedSharding(mesh, PS(BATCH_AXIS))
+    return lambda x: jax.lax.with_sharding_constraint(x, sharding)
 
 
 @dataclasses.dataclass
@@ -294,6 +387,17 @@ class Environment:
     sample_fn: Any
     height: int
     width: int
+    mesh: Mesh | None = None  # the sampler's batch mesh; params are replicated over it once, here
+    params: Any = None  # default: model.params (replicated over ``mesh`` when given)
+
+    def __post_init__(self) -> None:
+        if self.params is None:
+            self.params = self.replicated_params(self.model, self.mesh)
+
+    @staticmethod
+    def replicated_params(model: DiffusionModel, mesh: Mesh | None) -> Any:
+        """``model.params``, copied once to every device of ``mesh`` (as loaded when ``mesh`` is None)."""
+        return model.params if mesh is None else jax.device_put(model.params, NamedSharding(mesh, PS()))
 
     @property
     def latent_shape(self) -> tuple[int, int, int]:
@@ -309,7 +413,7 @@ class Environment:
         n = latents.shape[0] // p
         cond = jnp.repeat(self.cond, n, axis=0)
         uncond = jnp.repeat(self.uncond, n, axis=0)
-        return self.sample_fn(self.model.params, latents, cond, uncond, rng)
+        return self.sample_fn(self.params, latents, cond, uncond, rng)
 
 
 def make_environment(
@@ -322,8 +426,13 @@ def make_environment(
     eta: float = 0.0,
     height: int | None = None,
     width: int | None = None,
+    mesh: Mesh | None | str = "auto",
 ) -> Environment:
-    """The environment for ``prompts`` (one string or a list): embeddings + a jitted sampler."""
+    """The environment for ``prompts`` (one string or a list): embeddings + a jitted sampler.
+
+    ``mesh``: where the sampler splits its batch; ``"auto"`` is :func:`batch_mesh` over the local devices
+    (None, i.e. one device, unless several are present).
+    """
     prompts = [prompts] if isinstance(prompts, str) else list(prompts)
     negs = [negative_prompt] * len(prompts) if isinstance(negative_prompt, str) else list(negative_prompt)
     if len(negs) != len(prompts):
@@ -334,8 +443,11 @@ def make_environment(
     encode_fn = make_text_encoder(model)
     cond = encode_prompts(model, prompts, encode_fn=encode_fn)
     uncond = encode_prompts(model, negs, allow_empty=True, encode_fn=encode_fn)
-    sample_fn = make_sampler(model, steps=steps, guidance=guidance, eta=eta)
-    return Environment(model, prompts, cond, uncond, sample_fn, height, width)
+    mesh = batch_mesh() if isinstance(mesh, str) and mesh == "auto" else mesh
+    if mesh is not None:
+        log.info("sampler batch split over %d devices (%s)", mesh.size, mesh.devices.flat[0].platform)
+    sample_fn = make_sampler(model, steps=steps, guidance=guidance, eta=eta, mesh=mesh)
+    return Environment(model, prompts, cond, uncond, sample_fn, height, width, mesh)
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -4,10 +4,13 @@ Each (framework, batch) runs in its own process so peak memory is its own. Print
 compile / first-call time, steady-state seconds per image, peak resident memory.
 
     python scripts/benchmark_sampler.py                      # tiny SD config, 8x8 latent, 50 steps, CFG 7.5
-    python scripts/benchmark_sampler.py --config sd15 --dtype bfloat16 --frameworks jax   # GPU machine
+    python scripts/benchmark_sampler.py --config sd15 --dtype bfloat16 --jax-cpu-devices 1   # GPU machine
 
-PyTorch runs at its best thread count on this CPU (``--torch-threads 1``: two OpenMP threads are ~20x slower
-on a 2-core machine). ``--config sd15`` builds an SD1.5-sized model with random weights (timing only).
+PyTorch runs once per ``--torch-threads`` entry (default ``1,2``: on this 2-core VM 2 threads were as fast as
+1 at batch 1 and faster at batch 8, not the ~20x slower once assumed). JAX runs once per
+``--jax-cpu-devices`` entry: 1 is the plain one-device sampler, 2 exposes two cores as two host devices and
+splits the CFG batch over them (``find-jax --cpu-devices 2``). Each JAX row is compared with PyTorch's fastest
+setting at that batch. ``--config sd15`` builds an SD1.5-sized model with random weights (timing only).
 """
 
 from __future__ import annotations
@@ -54,12 +57,16 @@ def worker(args: argparse.Namespace) -> dict:
     import numpy as np
 
     prompts = ["a photo of a red cat"] * args.batch
+    devices, platform_name = 1, "cpu"
     if args.framework == "jax":
         import jax
 
         from find_jax.models import load_model
-        from find_jax.sampler import make_environment
+        from find_jax.sampler import configure_cpu_devices, make_environment
 
+        configure_cpu_devices(args.cpu_devices)
+        devices = jax.local_device_count()  # what the sampler really splits over
+        platform_name = jax.devices()[0].platform
         model = load_model(args.model_dir, dtype=args.dtype)
         env = make_environment(model, prompts, steps=args.steps, guidance=args.guidance)
         x = jax.random.normal(jax.random.PRNGKey(0), (args.batch, *env.latent_shape))
@@ -76,7 +83,7 @@ def worker(args: argparse.Namespace) -> dict:
         import torch
         from diffusers import DDIMScheduler, StableDiffusionPipeline
 
-        torch.set_num_threads(args.torch_threads)
+        torch.set_num_threads(int(args.torch_threads))
         dtype = torch.bfloat16 if args.dtype == "bfloat16" else torch.float32
         pipe = StableDiffusionPipeline.from_pretrained(
             args.model_dir,
@@ -119,6 +126,9 @@ def worker(args: argparse.Namespace) -> dict:
     steady = float(np.median(times))
     return dict(
         framework=args.framework,
+        devices=devices,
+        platform=platform_name,
+        threads=int(args.torch_threads) if args.framework == "torch" else None,
         batch=args.batch,
         first_call_s=first,
         steady_s_per_call=steady,
@@ -138,11 +148,19 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--guidance", type=float, default=7.5)
     p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
     p.add_argument("--repeats", type=int, default=3, help="timed calls after the first (median reported)")
-    p.add_argument("--torch-threads", type=int, default=1, help="PyTorch intra-op threads (1 is fastest here)")
+    p.add_argument(
+        "--torch-threads", default="1,2", help="comma-separated PyTorch intra-op thread counts (its best is compared)"
+    )
+    p.add_argument(
+        "--jax-cpu-devices",
+        default="1,2",
+        help="comma-separated JAX CPU device counts to run (find-jax --cpu-devices); ignored on a GPU",
+    )
     p.add_argument("--json", default=None, help="also write the rows to this JSON file")
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--framework", default=None, help=argparse.SUPPRESS)
     p.add_argument("--batch", type=int, default=1, help=argparse.SUPPRESS)
+    p.add_argument("--cpu-devices", type=int, default=1, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.worker:
         print("RESULT " + json.dumps(worker(args)), flush=True)
@@ -156,7 +174,13 @@ def main(argv: list[str] | None = None) -> None:
         kw = dict(unet=SD15_UNET, vae=SD15_VAE, text=SD15_TEXT) if args.config == "sd15" else {}
         args.model_dir = str(make_tiny_sd(Path(tmp.name) / "model", formats=("safetensors", "flax"), **kw))
     rows = []
+    runs = []  # (framework, option flag, value)
     for fw in args.frameworks.split(","):
+        if fw == "jax":
+            runs += [("jax", "--cpu-devices", int(d)) for d in args.jax_cpu_devices.split(",")]
+        else:
+            runs += [("torch", "--torch-threads", int(t)) for t in str(args.torch_threads).split(",")]
+    for fw, flag, value in runs:
         for b in [int(x) for x in args.batches.split(",")]:
             cmd = [
                 sys.executable,
@@ -176,37 +200,49 @@ def main(argv: list[str] | None = None) -> None:
                 args.dtype,
                 "--repeats",
                 str(args.repeats),
-                "--torch-threads",
-                str(args.torch_threads),
+                flag,
+                str(value),
             ]
             out = subprocess.run(cmd, capture_output=True, text=True)
             line = [ln for ln in out.stdout.splitlines() if ln.startswith("RESULT ")]
             if out.returncode or not line:
                 print(out.stderr[-3000:], file=sys.stderr)
-                raise SystemExit(f"worker {fw} batch {b} failed")
+                raise SystemExit(f"worker {fw} {flag} {value} batch {b} failed")
             rows.append(json.loads(line[0][len("RESULT ") :]))
-            print(f"done: {fw} batch {b}", file=sys.stderr, flush=True)
+            print(f"done: {fw} {flag} {value} batch {b}", file=sys.stderr, flush=True)
     print(
         f"\nmachine: {platform.processor() or platform.machine()}, {_cpu_count()} cores; config {args.config}, "
-        f"{args.steps} DDIM steps, CFG {args.guidance}, {args.dtype}, torch threads {args.torch_threads}\n"
+        f"{args.steps} DDIM steps, CFG {args.guidance}, {args.dtype}\n"
     )
-    print("| framework | batch | first call (s, incl. compile) | steady s/image | peak RSS (MB) |")
-    print("|---|---|---|---|---|")
+    print("| framework | setting | batch | first call (s, incl. compile) | steady s/image | peak RSS (MB) |")
+    print("|---|---|---|---|---|---|")
     for r in rows:
         print(
-            f"| {r['framework']} | {r['batch']} | {r['first_call_s']:.2f} | {r['steady_s_per_image']:.4f} | "
-            f"{r['peak_rss_mb']:.0f} |"
+            f"| {r['framework']} | {_setting(r)} | {r['batch']} | {r['first_call_s']:.2f} | "
+            f"{r['steady_s_per_image']:.4f} | {r['peak_rss_mb']:.0f} |"
         )
-    by = {(r["framework"], r["batch"]): r for r in rows}
     for b in sorted({r["batch"] for r in rows}):
-        if ("jax", b) in by and ("torch", b) in by:
-            ratio = by[("torch", b)]["steady_s_per_image"] / by[("jax", b)]["steady_s_per_image"]
-            print(f"\nbatch {b}: JAX is {ratio:.2f}x faster per image than PyTorch", end="")
+        torch_rows = [r for r in rows if r["framework"] == "torch" and r["batch"] == b]
+        if not torch_rows:
+            continue
+        best = min(torch_rows, key=lambda r: r["steady_s_per_image"])
+        for r in rows:
+            if r["framework"] == "jax" and r["batch"] == b:
+                ratio = best["steady_s_per_image"] / r["steady_s_per_image"]
+                print(
+                    f"\nbatch {b}: JAX ({_setting(r)}) is {ratio:.2f}x faster per image than PyTorch ({_setting(best)})"
+                )
     print()
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=2))
     if tmp is not None:
         tmp.cleanup()
+
+
+def _setting(row: dict) -> str:
+    if row["framework"] == "jax":
+        return f"{row['devices']} {row['platform'].upper()} device{'s' if row['devices'] > 1 else ''}"
+    return f"{row['threads']} thread{'s' if row['threads'] > 1 else ''}"
 
 
 def _cpu_count() -> int:

@@ -7,6 +7,7 @@ ablations and best-of-N random search. Writes ``OUT/results.json`` and ``OUT/res
     python scripts/evaluate_shapes.py --workdir runs/smoke --quick          # seconds: 1+1 prompts, tiny settings
 
 FIND runs are checkpointed in ``WORKDIR/<method>/<prompt>``: an interrupted evaluation resumes.
+``FIND_JAX_CPU_DEVICES=2`` splits the sampler's batch over two CPU cores (README, "Several devices").
 """
 
 from __future__ import annotations
@@ -17,8 +18,10 @@ from pathlib import Path
 
 
 def main(argv: list[str] | None = None) -> None:
-    from find_jax.sampler import enable_compilation_cache
+    from find_jax.sampler import configure_cpu_devices, enable_compilation_cache
     from find_jax.shapes import evaluation as ev
+
+    configure_cpu_devices()  # $FIND_JAX_CPU_DEVICES, before JAX starts
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--workdir", required=True, help="where FIND runs and results go")

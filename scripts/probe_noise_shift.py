@@ -24,6 +24,10 @@ def main(argv: list[str] | None = None) -> None:
     import jax
     import numpy as np
 
+    from find_jax.sampler import configure_cpu_devices
+
+    configure_cpu_devices()  # $FIND_JAX_CPU_DEVICES, before JAX starts
+
     from find_jax.models import load_model
     from find_jax.optimize import model_defaults
     from find_jax.sampler import make_environment

@@ -2,6 +2,8 @@
 
     python scripts/train_shapes.py --workdir /work/train_shapes_run --steps 4000 --batch 32 \
         --out find_jax/assets/shapes_model
+
+``FIND_JAX_CPU_DEVICES=2`` trains data parallel over two CPU cores (any several local devices are used).
 """
 
 from __future__ import annotations
@@ -10,11 +12,13 @@ import argparse
 import dataclasses
 import json
 
+from find_jax.sampler import configure_cpu_devices
 from find_jax.shapes import model as shapes_model
 from find_jax.shapes.train import TrainConfig, train
 
 
 def main(argv: list[str] | None = None) -> None:
+    configure_cpu_devices()  # $FIND_JAX_CPU_DEVICES, before JAX starts
     d = TrainConfig()
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--workdir", required=True, help="run directory (checkpoints, metrics.jsonl, config.json)")

@@ -109,3 +109,30 @@ def test_noise_schedule_matches_diffusers():
     cfg = shapes_model.ShapesModelConfig()
     sched = DDIMScheduler.from_config(shapes_model.scheduler_config(cfg))
     np.testing.assert_allclose(np.asarray(alphas_cumprod(cfg)), sched.alphas_cumprod.numpy(), rtol=1e-5)
+
+
+DATA_PARALLEL_SCRIPT = r"""
+import json, sys
+from pathlib import Path
+from find_jax.shapes import model as shapes_model
+from find_jax.shapes.train import TrainConfig, train
+
+root = Path(sys.argv[1])
+logs = []
+for steps in (2, 3):  # as the `run` fixture: 2 steps, then a resume to 3
+    cfg = TrainConfig(steps=steps, batch=4, checkpoint_every=2, log_every=1, model=shapes_model.tiny_config())
+    train(cfg, str(root / "work"), str(root / "out"), log=logs.append)
+losses = [json.loads(line)["loss/mean"] for line in (root / "work" / "metrics.jsonl").read_text().splitlines()]
+print(json.dumps({"logs": logs, "losses": losses}))
+"""
+
+
+def test_data_parallel_training_on_four_devices_matches_one_device(run, tmp_path):
+    from multidevice import run_on_four_devices
+
+    out = run_on_four_devices(DATA_PARALLEL_SCRIPT, tmp_path)
+    assert any("data parallel over 4 devices" in line for line in out["logs"]), out["logs"]
+    assert any("resumed from step 2" in line for line in out["logs"]), out["logs"]
+    one = [json.loads(line)["loss/mean"] for line in (run["work"] / "metrics.jsonl").read_text().splitlines()]
+    assert len(one) == len(out["losses"]) == 3
+    np.testing.assert_allclose(out["losses"], one, rtol=1e-4)  # same data, noise and init; sums reordered

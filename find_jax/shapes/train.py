@@ -28,8 +28,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as PS
 
 from find_jax.decoders import space_to_depth
+from find_jax.sampler import BATCH_AXIS, batch_mesh
 from find_jax.shapes import model as shapes_model
 from find_jax.shapes import tokenizer as shapes_tokenizer
 from find_jax.shapes import world
@@ -219,6 +222,13 @@ def train(config: TrainConfig, workdir: str, out_dir: str, *, log=print) -> dict
     else:
         state = init_state(model, config, rng_init)
     train_step = make_train_step(model, config)
+    # Several local devices (GPUs, or CPU cores via $FIND_JAX_CPU_DEVICES): data parallel. The batch is split
+    # over a 1-D mesh, the state replicated; XLA's SPMD partitioner adds the gradient all-reduce.
+    mesh = batch_mesh() if config.batch % max(jax.local_device_count(), 1) == 0 else None
+    split = (lambda x: x) if mesh is None else (lambda x: jax.device_put(x, NamedSharding(mesh, PS(BATCH_AXIS))))
+    if mesh is not None:
+        state = jax.device_put(state, NamedSharding(mesh, PS()))
+        log(f"data parallel over {mesh.size} devices")
 
     metrics_path = os.path.join(workdir, "metrics.jsonl")
     last_loss = float("nan")
@@ -251,7 +261,7 @@ def train(config: TrainConfig, workdir: str, out_dir: str, *, log=print) -> dict
         step = int(state.step)
         images, captions = world.sample_batch(world.batch_rng(config.seed, step), config.batch)
         ids = shapes_tokenizer.encode(model.tokenizer, captions)
-        state, metrics = train_step(state, images, ids, empty_ids, rng_train)
+        state, metrics = train_step(state, split(images), split(ids), empty_ids, rng_train)
         window.append(metrics)
         done = step + 1
         if done % config.log_every == 0 or done == config.steps:
