@@ -192,11 +192,7 @@ def encode_prompts(
 
 def pooled_embedding(model: DiffusionModel, prompt: str) -> np.ndarray:
     """``[D]`` pooled (EOS-token) text embedding of one prompt: the DRCM's text condition (official preset)."""
-    module = model.text_encoder.module
-    ids = jnp.asarray(tokenize(model, [prompt]))
-    pos = jnp.broadcast_to(jnp.arange(ids.shape[-1])[None], ids.shape)
-    out = module.apply({"params": model.params["text_encoder"]}, ids, jnp.ones_like(ids), pos, deterministic=True)
-    return np.asarray(out[1][0], dtype=np.float32)
+    return pooled_embeddings(model, [prompt])[0]
 
 
 EMBED_CHUNK = 64  # prompts per text-encoder call in pooled_embeddings: one compiled shape for any prompt count
@@ -264,9 +260,11 @@ def make_sampler(
         # Row layout of the UNet batch. One device: [uncond rows; cond rows]. On a mesh that divides B, each
         # device holds whole CFG pairs (rows interleaved u0, c0, u1, c1, ...) and the loop needs no
         # communication; when only 2B divides (B = 1), the two halves go to different devices.
-        by_row = _batch_sharding(mesh, b, warn=False)
-        interleave = do_cfg and mesh is not None and b % mesh.size == 0
-        shard = _batch_sharding(mesh, 2 * b if do_cfg else b)
+        rows = _row_sharding(mesh, b)
+        unet_rows = _row_sharding(mesh, 2 * b if do_cfg else b)
+        if mesh is not None and unet_rows is None:
+            log.warning("UNet batch %d is not a multiple of %d devices: sampling replicated", 2 * b, mesh.size)
+        interleave = do_cfg and rows is not None
 
         def pair(u, c):
             if not do_cfg:
@@ -281,14 +279,14 @@ def make_sampler(
                 return out[:, 0], out[:, 1]
             return jnp.split(out, 2)
 
-        context = shard(pair(uncond, cond).astype(dtype))
+        context = _constrain(pair(uncond, cond).astype(dtype), unet_rows)
 
         def body(x, inputs):
             i, t, a, a_prev = inputs
-            x_in = shard(pair(x, x))
+            x_in = _constrain(pair(x, x), unet_rows)
             t_in = jnp.full((x_in.shape[0],), t, dtype=jnp.int32)
             out = unet.apply({"params": params["unet"]}, x_in.astype(dtype), t_in, context).sample
-            out = shard(out).astype(jnp.float32)
+            out = _constrain(out, unet_rows).astype(jnp.float32)
             if do_cfg:
                 u, c = unpair(out)
                 out = u + guidance * (c - u)
@@ -303,10 +301,10 @@ def make_sampler(
                 prediction_type=sched.prediction_type,
                 clip_sample=sched.clip_sample,
             )
-            return by_row(x), None
+            return _constrain(x, rows), None
 
         xs = (jnp.arange(len(sched.timesteps)), ts, al, alp)
-        x, _ = jax.lax.scan(body, by_row(x0), xs)
+        x, _ = jax.lax.scan(body, _constrain(x0, rows), xs)
         return decoder.decode(params["decoder"], x.astype(dtype))
 
     return jax.jit(sample_fn)
@@ -360,16 +358,16 @@ def batch_mesh(devices: Sequence[jax.Device] | None = None) -> Mesh | None:
     return Mesh(np.array(devices), (BATCH_AXIS,))
 
 
-def _batch_sharding(mesh: Mesh | None, batch: int, *, warn: bool = True):
-    """``x -> x`` constrained to be split along axis 0 over ``mesh``, or the identity when that is not
-    possible (no mesh, or ``batch`` not a multiple of the mesh size; logged when ``warn``)."""
-    if mesh is None or (batch % mesh.size and not warn):
-        return lambda x: x
-    if batch % mesh.size:
-        log.warning("UNet batch %d is not a multiple of %d devices: sampling replicated", batch, mesh.size)
-        return lambda x: x
-    sharding = NamedSharding(mesh, PS(BATCH_AXIS))
-    return lambda x: jax.lax.with_sharding_constraint(x, sharding)
+def _row_sharding(mesh: Mesh | None, batch: int) -> NamedSharding | None:
+    """Axis 0 split over ``mesh``; None when there is no mesh or ``batch`` is not a multiple of its size."""
+    if mesh is None or batch % mesh.size:
+        return None
+    return NamedSharding(mesh, PS(BATCH_AXIS))
+
+
+def _constrain(x: jax.Array, sharding: NamedSharding | None) -> jax.Array:
+    """``x`` laid out as ``sharding`` inside a jitted function (unchanged for None)."""
+    return x if sharding is None else jax.lax.with_sharding_constraint(x, sharding)
 
 
 @dataclasses.dataclass

@@ -224,7 +224,10 @@ def train(config: TrainConfig, workdir: str, out_dir: str, *, log=print) -> dict
     train_step = make_train_step(model, config)
     # Several local devices (GPUs, or CPU cores via $FIND_JAX_CPU_DEVICES): data parallel. The batch is split
     # over a 1-D mesh, the state replicated; XLA's SPMD partitioner adds the gradient all-reduce.
-    mesh = batch_mesh() if config.batch % max(jax.local_device_count(), 1) == 0 else None
+    mesh = batch_mesh()
+    if mesh is not None and config.batch % mesh.size:
+        log(f"batch {config.batch} is not a multiple of {mesh.size} devices: training on one device")
+        mesh = None
     split = (lambda x: x) if mesh is None else (lambda x: jax.device_put(x, NamedSharding(mesh, PS(BATCH_AXIS))))
     if mesh is not None:
         state = jax.device_put(state, NamedSharding(mesh, PS()))
