@@ -5,7 +5,8 @@ Two kinds share one signature ``decode(params, latents) -> images``:
 * :class:`VaeDecoder` — Stable Diffusion's ``FlaxAutoencoderKL`` decoder: ``latents / scaling_factor``
   through the VAE, ``[-1, 1] -> [0, 1]``.
 * :class:`PixelDecoder` — pixel-space models (the shipped shapes-world model): the "latent" is the image
-  itself folded by a ``factor x factor`` space-to-depth, values in ``[-1, 1]``; no parameters.
+  itself folded by a ``factor x factor`` space-to-depth, values in ``[-1, 1]``, optionally followed by
+  ``coord_channels`` coordinate planes (:func:`coord_planes`) that the decoder drops; no parameters.
 
 Latents are NCHW ``[B, C, h, w]`` (the layout diffusers' Flax UNet takes); images are NHWC
 ``[B, H, W, 3]`` float32 in ``[0, 1]``.
@@ -41,6 +42,20 @@ def depth_to_space(latents: jax.Array, factor: int) -> jax.Array:
     return x.reshape(b, h * factor, w * factor, c)
 
 
+def coord_planes(height: int, width: int, n: int = 2) -> jax.Array:
+    """``[n, height, width]`` coordinate planes in ``[-1, 1]``: plane 0 = column (x, left -1 to right +1),
+    plane 1 = row (y, top -1 to bottom +1); ``n`` is 0 or 2.
+
+    A pixel-space model trained with these planes appended to every ``x_0`` must learn to generate them,
+    so its UNet learns absolute position (a convolution only knows where it is from zero padding), and at
+    moderate noise it reads position from its input. That is what lets it place an object "on the left".
+    """
+    if n not in (0, 2):
+        raise ValueError(f"coordinate planes: 0 or 2; got {n}")
+    ys, xs = jnp.meshgrid(jnp.linspace(-1.0, 1.0, height), jnp.linspace(-1.0, 1.0, width), indexing="ij")
+    return jnp.stack([xs, ys])[:n].astype(jnp.float32)
+
+
 def to_unit_range(x: jax.Array) -> jax.Array:
     """``[-1, 1]`` model output -> float32 ``[0, 1]`` (clipped), as diffusers' pipelines do."""
     return jnp.clip(x.astype(jnp.float32) / 2.0 + 0.5, 0.0, 1.0)
@@ -50,18 +65,20 @@ def to_unit_range(x: jax.Array) -> jax.Array:
 class PixelDecoder:
     """Identity decoder for pixel-space models: depth-to-space, then ``[-1, 1] -> [0, 1]``."""
 
-    factor: int = 1  # space-to-depth factor; latent channels = 3 * factor**2
-    latent_channels: int = 3
+    factor: int = 1  # space-to-depth factor
+    latent_channels: int = 3  # 3 * factor**2 + coord_channels
+    coord_channels: int = 0  # trailing coordinate planes (coord_planes), dropped by decode
 
     def latent_shape(self, height: int, width: int) -> tuple[int, int, int]:
         """``(C, h, w)`` of the latent for an image of ``height x width``."""
         if height % self.factor or width % self.factor:
             raise ValueError(f"height/width must be multiples of {self.factor}; got {height}x{width}")
-        return (3 * self.factor**2, height // self.factor, width // self.factor)
+        return (3 * self.factor**2 + self.coord_channels, height // self.factor, width // self.factor)
 
     def decode(self, params: Any, latents: jax.Array) -> jax.Array:
+        """``[B, 3 f^2 + coord_channels, h, w]`` -> ``[B, h f, w f, 3]`` in ``[0, 1]``."""
         del params
-        return to_unit_range(depth_to_space(latents, self.factor))
+        return to_unit_range(depth_to_space(latents[:, : 3 * self.factor**2], self.factor))
 
 
 @dataclasses.dataclass(frozen=True)

@@ -8,7 +8,7 @@ A model directory is diffusers' layout::
     tokenizer/     vocab.json + merges.txt (CLIP BPE)
     scheduler/     scheduler_config.json (DDIM keys)
     vae/           config.json + weights          (latent models: Stable Diffusion)
-    decoder/       config.json {"_class_name": "PixelDecoder", "factor": f}   (pixel-space models)
+    decoder/       config.json {"_class_name": "PixelDecoder", "factor": f, "coord_channels": 0|2}   (pixel space)
 
 ``load_model(spec)`` takes such a directory, or a hub id that is already in the local Hugging Face cache
 (never downloads: ``local_files_only``), reads Flax or PyTorch weights (``.safetensors`` and ``.bin``; diffusers'
@@ -344,8 +344,8 @@ def load_model(
         dcfg = _read_json(root / "decoder" / "config.json")
         if dcfg.get("_class_name") != "PixelDecoder":
             raise ModelLoadError(f"unknown decoder {dcfg.get('_class_name')!r} in {root / 'decoder'}")
-        factor = int(dcfg.get("factor", 1))
-        decoder, vae_params = PixelDecoder(factor=factor, latent_channels=3 * factor**2), {}
+        factor, coords = int(dcfg.get("factor", 1)), int(dcfg.get("coord_channels", 0))
+        decoder, vae_params = PixelDecoder(factor, 3 * factor**2 + coords, coords), {}
     else:
         raise ModelLoadError(f"{root} has neither vae/ nor decoder/config.json — {how}")
     if unet.config.in_channels != decoder.latent_channels:

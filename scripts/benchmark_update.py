@@ -1,7 +1,8 @@
 """Cost of one FIND update (DRCM step + replay + policy epochs), jitted, in steady state.
 
 Prints compile time and the median milliseconds per update for each preset at Stable Diffusion 1.5's
-latent [4, 64, 64] and the shapes model's [12, 16, 16], to compare with one sampler call.
+latent [4, 64, 64] and the shapes model's [14, 16, 16] (12 folded image channels + 2 coordinate planes),
+to compare with one sampler call.
 
     python scripts/benchmark_update.py [--repeats 50] [--presets paper official]
 """
@@ -18,7 +19,7 @@ import jax.numpy as jnp
 from find_jax.config import get_preset
 from find_jax.trainer import Batch, init_state, make_update_fn
 
-SHAPES = {"sd15 [4,64,64]": (4, 64, 64), "shapes [12,16,16]": (12, 16, 16)}
+SHAPES = {"sd15 [4,64,64]": (4, 64, 64), "shapes [14,16,16]": (14, 16, 16)}
 EMBED_DIM = 768  # CLIP ViT-L/14 text embedding (official preset's text-conditioned DRCM)
 
 

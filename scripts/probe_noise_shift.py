@@ -78,7 +78,9 @@ def main(argv: list[str] | None = None) -> None:
                 images = np.asarray(env(z + k * d_hat, rng))
                 row[f"b{b}k{k:g}"] = float(ev.score_images(images, prompt).exact.mean())
         rgb = np.asarray(world.COLOURS[world.parse_caption(prompt).colour], np.float32)
-        colour_dir = np.tile(2 * rgb - 1, env.latent_shape[0] // 3)[:, None, None]  # channel (dy*2+dx)*3 + c
+        colour_dir = np.zeros((env.latent_shape[0], 1, 1), np.float32)  # coordinate planes (if any) unshifted
+        n_image = env.latent_shape[0] - getattr(model.decoder, "coord_channels", 0)
+        colour_dir[:n_image, 0, 0] = np.tile(2 * rgb - 1, n_image // 3)  # channel (dy*2+dx)*3 + c
         for c in colour_shifts:
             images = np.asarray(env(z + c * colour_dir, rng))
             row[f"colour{c:g}"] = float(ev.score_images(images, prompt).exact.mean())

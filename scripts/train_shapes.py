@@ -1,8 +1,8 @@
 """Trains the shapes-world text-to-image model (resumes when re-run with the same --workdir).
 
-    python scripts/train_shapes.py --workdir /work/train_shapes_run --steps 4000 --batch 32 \
-        --out find_jax/assets/shapes_model
+    FIND_JAX_CPU_DEVICES=2 python scripts/train_shapes.py --workdir runs/train_shapes --out find_jax/assets/shapes_model
 
+The defaults are the shipped model's settings (``training.json`` in the model directory records them).
 ``FIND_JAX_CPU_DEVICES=2`` trains data parallel over two CPU cores (any several local devices are used).
 """
 
@@ -29,9 +29,24 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--lr", type=float, default=d.learning_rate, help="peak learning rate")
     p.add_argument("--checkpoint-every", type=int, default=d.checkpoint_every, help="steps between checkpoints")
     p.add_argument("--log-every", type=int, default=d.log_every, help="steps between metrics lines")
+    p.add_argument(
+        "--coord-channels",
+        type=int,
+        choices=(0, 2),
+        default=d.model.coord_channels,
+        help="coordinate planes appended to x_0 (the UNet's source of absolute position; 0 = none)",
+    )
+    p.add_argument(
+        "--high-noise-fraction",
+        type=float,
+        default=d.high_noise_fraction,
+        help="share of each batch trained at t >= --high-noise-from (where layout is decided)",
+    )
+    p.add_argument("--high-noise-from", type=int, default=d.high_noise_from, help="see --high-noise-fraction")
     p.add_argument("--tiny", action="store_true", help="tiny model (smoke tests)")
     a = p.parse_args(argv)
     model_cfg = shapes_model.tiny_config() if a.tiny else shapes_model.ShapesModelConfig()
+    model_cfg = dataclasses.replace(model_cfg, coord_channels=a.coord_channels)
     config = dataclasses.replace(
         d,
         steps=a.steps,
@@ -40,6 +55,8 @@ def main(argv: list[str] | None = None) -> None:
         learning_rate=a.lr,
         checkpoint_every=a.checkpoint_every,
         log_every=a.log_every,
+        high_noise_fraction=a.high_noise_fraction,
+        high_noise_from=a.high_noise_from,
         model=model_cfg,
     )
     record = train(config, a.workdir, a.out)

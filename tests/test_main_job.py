@@ -16,7 +16,8 @@ def test_shipped_model_loads_with_its_defaults():
     defaults = json.loads((d / "find_defaults.json").read_text())
     assert defaults["reward"] == "shapes"
     m = load_model(None)
-    assert m.latent_shape() == (12, 16, 16) and m.default_size == (32, 32)
+    assert m.latent_shape() == (14, 16, 16) and m.default_size == (32, 32)  # 12 image + 2 coordinate planes
+    assert m.decoder.coord_channels == 2
     assert sum(x.size for x in __import__("jax").tree.leaves(m.params)) * 4 < 20e6  # ships under 20 MB
 
 
@@ -44,7 +45,7 @@ def test_optimize_and_sample_on_the_shipped_model(tmp_path):
     )
     record = json.loads((workdir / "config.json").read_text())
     assert record["config"]["reward"] == "shapes" and record["config"]["steps"] == 20
-    assert record["latent_shape"] == [12, 16, 16]
+    assert record["latent_shape"] == [14, 16, 16]
     rows = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == list(range(1, 13))
     assert all(0.0 <= r["reward/mean"] <= 1.0 for r in rows)

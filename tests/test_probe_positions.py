@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "probe_positions.py"
 
@@ -25,6 +26,10 @@ def test_centroids_of_rendered_images():
     images[1, 20:24, 26:30] = 1.0  # centred at x 27.5, y 21.5
     cx, cy = probe.centroids(images)
     assert (cx, cy) == (15.5, 16.5)  # the batch mean of the two centres
+    np.testing.assert_array_equal(probe.in_named_half(images, "a red circle on the left"), [True, False])
+    np.testing.assert_array_equal(probe.in_named_half(images, "a red circle at the bottom"), [False, True])
+    with pytest.raises(ValueError, match="names no position"):
+        probe.in_named_half(images, "a red circle")
 
 
 def test_probe_runs_on_the_shipped_model(tmp_path):
@@ -39,3 +44,8 @@ def test_probe_runs_on_the_shipped_model(tmp_path):
             assert 0 <= x < 32 and 0 <= y < 32
         assert r["embedding_gap_on_word"] > 0.01  # the two captions differ at the position word
         assert r["shift_px"] >= 0 and np.isfinite(r["embedding_gap_after_word_max"])
+    assert [f["captions"] for f in result["sampled"]] == [list(p) for p in probe.PAIRS]
+    for f in result["sampled"]:
+        for caption in f["captions"]:
+            assert 0.0 <= f["images"][caption]["in_named_half"] <= 1.0
+            assert all(0 <= v < 32 for v in f["images"][caption]["centroid"])

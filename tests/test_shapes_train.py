@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import json
+from pathlib import Path
 
 import jax
 import numpy as np
@@ -50,7 +52,8 @@ def test_two_steps_write_the_layout(run):
     index = json.loads((out / "model_index.json").read_text())
     assert index["_class_name"] == "ShapesPipeline"
     assert {"unet", "text_encoder", "tokenizer", "scheduler", "decoder"} <= set(index)
-    assert json.loads((out / "decoder/config.json").read_text()) == {"_class_name": "PixelDecoder", "factor": 2}
+    decoder = json.loads((out / "decoder/config.json").read_text())
+    assert decoder == {"_class_name": "PixelDecoder", "factor": 2, "coord_channels": 2}
     sched = json.loads((out / "scheduler/scheduler_config.json").read_text())
     for key in (
         "num_train_timesteps",
@@ -83,11 +86,24 @@ def test_exported_model_loads_and_samples(run):
     from find_jax.sampler import make_environment
 
     model = load_model(str(run["out"]))
-    assert model.latent_shape() == (12, 16, 16) and model.default_size == (32, 32)
+    assert model.latent_shape() == (14, 16, 16) and model.default_size == (32, 32)  # 12 image + 2 coordinate
+    assert model.decoder.coord_channels == 2 and model.unet.config.in_channels == 14
     assert model.max_tokens == 16
     env = make_environment(model, "a red circle", steps=2, guidance=3.0)
-    images = env(jax.random.normal(jax.random.PRNGKey(0), (1, 12, 16, 16)), jax.random.PRNGKey(1))
+    images = env(jax.random.normal(jax.random.PRNGKey(0), (1, 14, 16, 16)), jax.random.PRNGKey(1))
     assert images.shape == (1, 32, 32, 3) and np.isfinite(np.asarray(images)).all()
+
+
+def test_a_decoder_config_that_disagrees_with_the_unet_is_refused(run, tmp_path):
+    import shutil
+
+    from find_jax.models import ModelLoadError, load_model
+
+    copy = tmp_path / "model"
+    shutil.copytree(run["out"], copy)
+    (copy / "decoder/config.json").write_text(json.dumps({"_class_name": "PixelDecoder", "factor": 2}))
+    with pytest.raises(ModelLoadError, match="in_channels 14 != decoder latent channels 12"):
+        load_model(str(copy))
 
 
 def test_resume_with_another_config_is_refused(run):
@@ -101,6 +117,61 @@ def test_config_round_trips_and_bad_values_raise(tmp_path):
     assert config_from_dict(json.loads(json.dumps(config_to_dict(cfg)))) == cfg
     with pytest.raises(ValueError, match="steps"):
         train(tiny(0), str(tmp_path / "w"), str(tmp_path / "o"))
+
+
+def test_image_latents_append_coordinate_planes_that_the_decoder_drops():
+    from find_jax.decoders import PixelDecoder
+
+    images = np.asarray(jax.random.uniform(jax.random.PRNGKey(0), (3, 32, 32, 3)))
+    cfg = shapes_model.tiny_config()
+    x0 = np.asarray(shapes_model.image_latents(cfg, images))
+    assert x0.shape == (3, 14, 16, 16)
+    x_plane, y_plane = x0[0, 12], x0[0, 13]
+    np.testing.assert_allclose(x_plane[:, 0], -1.0) and np.testing.assert_allclose(x_plane[:, -1], 1.0)
+    np.testing.assert_allclose(y_plane[0, :], -1.0) and np.testing.assert_allclose(y_plane[-1, :], 1.0)
+    assert (np.diff(x_plane, axis=1) > 0).all() and (np.diff(y_plane, axis=0) > 0).all()
+    np.testing.assert_array_equal(x0[1, 12:], x0[0, 12:])  # the same planes for every image
+    decoder = PixelDecoder(factor=2, latent_channels=14, coord_channels=2)
+    np.testing.assert_allclose(np.asarray(decoder.decode({}, x0)), images, atol=1e-6)  # inverse; planes dropped
+    x0_none = shapes_model.image_latents(dataclasses.replace(cfg, coord_channels=0), images)
+    np.testing.assert_array_equal(np.asarray(x0_none), x0[:, :12])
+
+
+def test_bad_coordinate_plane_count_is_refused(tmp_path):
+    from find_jax.decoders import coord_planes
+
+    with pytest.raises(ValueError, match="0 or 2"):
+        coord_planes(16, 16, 3)
+    script = Path(__file__).resolve().parents[1] / "scripts" / "train_shapes.py"
+    spec = importlib.util.spec_from_file_location("train_shapes", script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    with pytest.raises(SystemExit):  # argparse: invalid choice, before anything is written
+        module.main(["--workdir", str(tmp_path / "w"), "--out", str(tmp_path / "o"), "--coord-channels", "1"])
+    assert not (tmp_path / "w").exists()
+
+
+def test_timesteps_put_the_asked_share_of_the_batch_at_high_noise():
+    from find_jax.shapes.train import sample_timesteps
+
+    t = np.asarray(sample_timesteps(jax.random.PRNGKey(0), 4000, 1000, 0.5, 600))
+    assert t.dtype == np.int32 and t.min() >= 0 and t.max() < 1000
+    assert (t[:2000] >= 600).all()  # the high-noise share
+    low = t[2000:]  # the uniform share covers the whole range
+    assert low.min() < 50 and low.max() > 950 and abs(low.mean() - 500) < 25
+    uniform = np.asarray(sample_timesteps(jax.random.PRNGKey(0), 4000, 1000, 0.0, 600))
+    assert abs((uniform >= 600).mean() - 0.4) < 0.03
+
+
+def test_bad_timestep_sampling_is_refused(tmp_path):
+    for bad in ({"high_noise_fraction": 1.5}, {"high_noise_from": 1000}, {"high_noise_from": -1}):
+        with pytest.raises(ValueError, match="high_noise"):
+            train(tiny(1, **bad), str(tmp_path / "w"), str(tmp_path / "o"))
+    coords = dataclasses.replace(shapes_model.tiny_config(), coord_channels=3)
+    with pytest.raises(ValueError, match="coord_channels"):
+        train(dataclasses.replace(tiny(1), model=coords), str(tmp_path / "w"), str(tmp_path / "o"))
+    # refused before anything is written: the same workdir then takes a good config
+    assert not (tmp_path / "w").exists() and not (tmp_path / "o").exists()
 
 
 def test_noise_schedule_matches_diffusers():

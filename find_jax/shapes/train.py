@@ -7,8 +7,9 @@ Every ``checkpoint_every`` steps (and at the end) it saves the full state with O
 (:func:`find_jax.shapes.model.save_model`), so a usable model exists even if the run is stopped early.
 Metrics go to ``workdir/metrics.jsonl`` (flat keys: ``loss/mean``, ``grad/norm``, ``lr``, ...).
 
-Objective (DDPM): ``x_t = sqrt(abar_t) x_0 + sqrt(1 - abar_t) eps`` with ``x_0: [B, 12, 16, 16]`` the
-space-to-depth image in ``[-1, 1]``; loss ``|f_theta(x_t, t, c) - target|^2`` with target
+Objective (DDPM): ``x_t = sqrt(abar_t) x_0 + sqrt(1 - abar_t) eps`` with ``x_0: [B, 12 + c, 16, 16]``
+(:func:`find_jax.shapes.model.image_latents`: the space-to-depth image in ``[-1, 1]`` followed by
+``c = coord_channels`` coordinate planes); loss ``|f_theta(x_t, t, c) - target|^2`` with target
 ``v = sqrt(abar_t) eps - sqrt(1 - abar_t) x_0`` (v-prediction, the default) or ``eps``.
 Captions are dropped (replaced by the empty caption) with probability ``caption_dropout`` so that the
 model supports classifier-free guidance.
@@ -31,7 +32,6 @@ import optax
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as PS
 
-from find_jax.decoders import space_to_depth
 from find_jax.sampler import BATCH_AXIS, batch_mesh
 from find_jax.shapes import model as shapes_model
 from find_jax.shapes import tokenizer as shapes_tokenizer
@@ -42,16 +42,22 @@ from find_jax.shapes import world
 class TrainConfig:
     """Hyper-parameters of one training run (saved as ``workdir/config.json``)."""
 
-    steps: int = 4000  # total optimiser steps
+    steps: int = 3000  # total optimiser steps
     batch: int = 32  # images per step
     seed: int = 0  # seeds the data, the init and the noise
-    learning_rate: float = 6e-4  # peak AdamW learning rate
+    learning_rate: float = 8e-4  # peak AdamW learning rate
     warmup_steps: int = 200  # linear warm-up, then cosine decay to lr_final_fraction * peak
     lr_final_fraction: float = 0.1  # learning rate at the last step, relative to the peak
     weight_decay: float = 1e-4  # AdamW decoupled weight decay
     grad_clip: float = 1.0  # global-norm gradient clipping
     ema_decay: float = 0.999  # EMA of the params (exported); warmed up as min(decay, (1+k)/(10+k))
     caption_dropout: float = 0.1  # probability of training on the empty caption (for CFG)
+    # Timestep sampling: a share ``high_noise_fraction`` of each batch draws t uniformly from
+    # [high_noise_from, T) instead of [0, T). Layout (where an object goes: "on the left", "above") is decided at
+    # high noise, where x_t shows nothing of x_0 and only the caption can tell; uniform t spends 40% of the
+    # batch at t >= 600 (measured: models trained that way never learned position words; README, Model quality).
+    high_noise_fraction: float = 0.5
+    high_noise_from: int = 600
     checkpoint_every: int = 250  # steps between Orbax checkpoints + exports
     log_every: int = 10  # steps between metrics.jsonl lines
     model: shapes_model.ShapesModelConfig = shapes_model.ShapesModelConfig()  # architecture
@@ -99,6 +105,31 @@ def alphas_cumprod(cfg: shapes_model.ShapesModelConfig) -> jax.Array:
     return jnp.cumprod(1.0 - betas)
 
 
+def validate_config(config: TrainConfig) -> None:
+    """Raises ``ValueError`` naming the first bad field (before anything is written)."""
+    num_t = config.model.num_train_timesteps
+    if config.steps < 1 or config.batch < 1:
+        raise ValueError(f"steps and batch must be >= 1; got steps={config.steps}, batch={config.batch}")
+    if not 0.0 <= config.high_noise_fraction <= 1.0 or not 0 <= config.high_noise_from < num_t:
+        raise ValueError(
+            f"high_noise_fraction must be in [0, 1] and high_noise_from in [0, {num_t}); got "
+            f"{config.high_noise_fraction}, {config.high_noise_from}"
+        )
+    if config.model.prediction_type not in ("epsilon", "v_prediction"):
+        raise ValueError(f"prediction_type must be 'epsilon' or 'v_prediction'; got {config.model.prediction_type!r}")
+    if config.model.coord_channels not in (0, 2):
+        raise ValueError(f"coord_channels must be 0 or 2; got {config.model.coord_channels}")
+
+
+def sample_timesteps(rng: jax.Array, b: int, num_t: int, high_fraction: float, high_from: int) -> jax.Array:
+    """``[b]`` int32 training timesteps: uniform on ``[0, num_t)``, except a ``high_fraction`` share of the rows
+    (the first ``round(high_fraction * b)``) uniform on ``[high_from, num_t)``."""
+    n_high = int(round(high_fraction * b))
+    t_all = jax.random.randint(rng, (b,), 0, num_t)
+    t_high = high_from + jax.random.randint(jax.random.fold_in(rng, 1), (b,), 0, num_t - high_from)
+    return jnp.where(jnp.arange(b) < n_high, t_high, t_all).astype(jnp.int32)
+
+
 def make_train_step(model: shapes_model.ShapesModel, config: TrainConfig):
     """``train_step(state, images [B,32,32,3] in [0,1], ids [B,L], empty_ids [L], rng) -> (state, metrics)``.
 
@@ -109,8 +140,7 @@ def make_train_step(model: shapes_model.ShapesModel, config: TrainConfig):
     abar = alphas_cumprod(config.model)
     num_t = config.model.num_train_timesteps
     prediction_type = config.model.prediction_type
-    if prediction_type not in ("epsilon", "v_prediction"):
-        raise ValueError(f"prediction_type must be 'epsilon' or 'v_prediction'; got {prediction_type!r}")
+    validate_config(config)
 
     def loss_fn(params, x0, ids, t, noise):
         ctx = model.text_encoder(ids, params=params["text_encoder"], train=False)[0]
@@ -127,10 +157,10 @@ def make_train_step(model: shapes_model.ShapesModel, config: TrainConfig):
         rng = jax.random.fold_in(rng, state.step)
         rng_t, rng_noise, rng_drop = jax.random.split(rng, 3)
         b = images.shape[0]
-        x0 = space_to_depth(images * 2.0 - 1.0, shapes_model.FACTOR)  # [B, 12, 16, 16]
+        x0 = shapes_model.image_latents(config.model, images)  # [B, 12 + c, 16, 16]
         drop = jax.random.bernoulli(rng_drop, config.caption_dropout, (b,))
         ids = jnp.where(drop[:, None], empty_ids[None, :], ids)
-        t = jax.random.randint(rng_t, (b,), 0, num_t)
+        t = sample_timesteps(rng_t, b, num_t, config.high_noise_fraction, config.high_noise_from)
         noise = jax.random.normal(rng_noise, x0.shape, x0.dtype)
         loss, grads = jax.value_and_grad(loss_fn)(state.params, x0, ids, t, noise)
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
@@ -200,8 +230,7 @@ def train(config: TrainConfig, workdir: str, out_dir: str, *, log=print) -> dict
     """
     import orbax.checkpoint as ocp
 
-    if config.steps < 1 or config.batch < 1:
-        raise ValueError(f"steps and batch must be >= 1; got steps={config.steps}, batch={config.batch}")
+    validate_config(config)
     workdir = os.path.abspath(workdir)
     os.makedirs(workdir, exist_ok=True)
     _check_config(workdir, config)
