@@ -66,14 +66,18 @@ class PixelDecoder:
     """Identity decoder for pixel-space models: depth-to-space, then ``[-1, 1] -> [0, 1]``."""
 
     factor: int = 1  # space-to-depth factor
-    latent_channels: int = 3  # 3 * factor**2 + coord_channels
     coord_channels: int = 0  # trailing coordinate planes (coord_planes), dropped by decode
+
+    @property
+    def latent_channels(self) -> int:
+        """``3 * factor**2`` folded image channels plus the coordinate planes."""
+        return 3 * self.factor**2 + self.coord_channels
 
     def latent_shape(self, height: int, width: int) -> tuple[int, int, int]:
         """``(C, h, w)`` of the latent for an image of ``height x width``."""
         if height % self.factor or width % self.factor:
             raise ValueError(f"height/width must be multiples of {self.factor}; got {height}x{width}")
-        return (3 * self.factor**2 + self.coord_channels, height // self.factor, width // self.factor)
+        return (self.latent_channels, height // self.factor, width // self.factor)
 
     def decode(self, params: Any, latents: jax.Array) -> jax.Array:
         """``[B, 3 f^2 + coord_channels, h, w]`` -> ``[B, h f, w f, 3]`` in ``[0, 1]``."""

@@ -344,8 +344,8 @@ def load_model(
         dcfg = _read_json(root / "decoder" / "config.json")
         if dcfg.get("_class_name") != "PixelDecoder":
             raise ModelLoadError(f"unknown decoder {dcfg.get('_class_name')!r} in {root / 'decoder'}")
-        factor, coords = int(dcfg.get("factor", 1)), int(dcfg.get("coord_channels", 0))
-        decoder, vae_params = PixelDecoder(factor, 3 * factor**2 + coords, coords), {}
+        decoder = PixelDecoder(factor=int(dcfg.get("factor", 1)), coord_channels=int(dcfg.get("coord_channels", 0)))
+        vae_params = {}
     else:
         raise ModelLoadError(f"{root} has neither vae/ nor decoder/config.json — {how}")
     if unet.config.in_channels != decoder.latent_channels:

@@ -131,7 +131,8 @@ def test_image_latents_append_coordinate_planes_that_the_decoder_drops():
     np.testing.assert_allclose(y_plane[0, :], -1.0) and np.testing.assert_allclose(y_plane[-1, :], 1.0)
     assert (np.diff(x_plane, axis=1) > 0).all() and (np.diff(y_plane, axis=0) > 0).all()
     np.testing.assert_array_equal(x0[1, 12:], x0[0, 12:])  # the same planes for every image
-    decoder = PixelDecoder(factor=2, latent_channels=14, coord_channels=2)
+    decoder = PixelDecoder(factor=2, coord_channels=2)
+    assert decoder.latent_shape(32, 32) == (14, 16, 16)
     np.testing.assert_allclose(np.asarray(decoder.decode({}, x0)), images, atol=1e-6)  # inverse; planes dropped
     x0_none = shapes_model.image_latents(dataclasses.replace(cfg, coord_channels=0), images)
     np.testing.assert_array_equal(np.asarray(x0_none), x0[:, :12])
