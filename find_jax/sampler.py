@@ -411,7 +411,14 @@ class Environment:
         n = latents.shape[0] // p
         cond = jnp.repeat(self.cond, n, axis=0)
         uncond = jnp.repeat(self.uncond, n, axis=0)
+        if self.mesh is not None:  # inputs committed to one device (e.g. restored from a checkpoint) join the mesh
+            latents = jax.device_put(latents, _row_sharding(self.mesh, latents.shape[0]) or self._replicated)
+            rng = jax.device_put(rng, self._replicated)
         return self.sample_fn(self.params, latents, cond, uncond, rng)
+
+    @property
+    def _replicated(self) -> NamedSharding:
+        return NamedSharding(self.mesh, PS())
 
 
 def make_environment(

@@ -27,6 +27,18 @@ Reward (partial credit, in ``[0, 1]``): the mean of
 
 ``exact`` (the alignment the issue counts) holds iff the found ``(colour, shape)`` multiset equals the
 named one and the position / relation holds; then every term is 1, so ``reward == 1.0 <=> exact``.
+
+Graded variant (``graded=True``, for optimisation; ``exact`` is unchanged): the ``colour`` and ``shape`` terms
+grade near misses instead of counting right/wrong. Each named object is matched to a distinct found object
+(greedily, best first, by the mean of the two similarities below); unmatched named objects add 0.
+
+* colour similarity ``1 - |mean rgb - named rgb| / sqrt(3)`` (the object's mean pixel colour in the image);
+* shape likeness from the same moments as step 3, softened by a logistic of width :data:`GRADE_WIDTH`:
+  ``triangle = s((TRIANGLE_SKEW - skew) / w)``, ``square = (1 - triangle) s((gap - SQUARE_KURTOSIS_GAP) / w)``,
+  ``circle = 1 - triangle - square``.
+
+So a yellow triangle scored against ``a yellow square`` earns more the less skewed and the more square-like
+it is, where the plain reward gives every such failure the same value. Still ``reward == 1.0 <=> exact``.
 """
 
 from __future__ import annotations
@@ -46,6 +58,7 @@ PALETTE = np.array([(0.0, 0.0, 0.0), *world.COLOURS.values()], dtype=np.float32)
 MIN_PIXELS = 10  # components smaller than this are specks (the smallest world object has 25 px)
 TRIANGLE_SKEW = -0.25  # vertical skewness below which an object is a triangle (exact: ~-0.53)
 SQUARE_KURTOSIS_GAP = 0.25  # diagonal minus axis kurtosis above which it is a square (exact: ~0.61)
+GRADE_WIDTH = 0.1  # logistic width of the graded shape likeness, in units of the moment features
 _EIGHT = np.ones((3, 3), dtype=bool)
 
 
@@ -59,6 +72,9 @@ class FoundObject:
     bbox: tuple[int, int, int, int]  # (row0, col0, height, width)
     pixels: int  # pixel count of the component
     fill: float  # pixels / bounding-box area
+    skew: float = 0.0  # vertical skewness (shape_features)
+    gap: float = 0.0  # diagonal minus axis kurtosis (shape_features)
+    rgb: tuple[float, float, float] = (0.0, 0.0, 0.0)  # mean colour of its pixels in the image
 
 
 @dataclasses.dataclass(frozen=True)
@@ -91,23 +107,30 @@ def shape_features(mask: np.ndarray) -> tuple[float, float]:
     return skew, gap
 
 
-def _shape_of(mask: np.ndarray) -> tuple[str, float]:
-    """Shape name and bounding-box fill ratio of a component cropped to its bounding box ``[h, w]``."""
-    skew, gap = shape_features(mask)
+def shape_name(skew: float, gap: float) -> str:
+    """The shape a component's moment features name (module docstring, step 3)."""
     if skew < TRIANGLE_SKEW:
-        shape = "triangle"
-    elif gap > SQUARE_KURTOSIS_GAP:
-        shape = "square"
-    else:
-        shape = "circle"
-    return shape, float(mask.mean())
+        return "triangle"
+    return "square" if gap > SQUARE_KURTOSIS_GAP else "circle"
+
+
+def shape_likeness(skew: float, gap: float) -> dict[str, float]:
+    """Graded membership of each shape, summing to 1; the argmax is :func:`shape_name` (docstring, graded)."""
+
+    def logistic(z: float) -> float:
+        return float(1.0 / (1.0 + np.exp(-np.clip(z, -60.0, 60.0))))
+
+    tri = logistic((TRIANGLE_SKEW - skew) / GRADE_WIDTH)
+    sq = (1.0 - tri) * logistic((gap - SQUARE_KURTOSIS_GAP) / GRADE_WIDTH)
+    return {"triangle": tri, "square": sq, "circle": 1.0 - tri - sq}
 
 
 def find_objects(image: np.ndarray, *, min_pixels: int = MIN_PIXELS) -> list[FoundObject]:
     """Objects of an image ``[32, 32, 3]`` in ``[0, 1]``, in raster order of their first pixel."""
     from scipy import ndimage
 
-    labels = classify_pixels(np.asarray(image, dtype=np.float32))
+    image = np.asarray(image, dtype=np.float32)
+    labels = classify_pixels(image)
     found = []
     for k, name in enumerate(PALETTE_NAMES[1:], start=1):
         comp, n = ndimage.label(labels == k, structure=_EIGHT)
@@ -118,10 +141,23 @@ def find_objects(image: np.ndarray, *, min_pixels: int = MIN_PIXELS) -> list[Fou
             pixels = int(mask.sum())
             if pixels < min_pixels:
                 continue
-            shape, fill = _shape_of(mask)
+            skew, gap = shape_features(mask)
             r0, c0 = sl[0].start, sl[1].start
             h, w = mask.shape
-            found.append(FoundObject(name, shape, (c0 + w / 2.0, r0 + h / 2.0), (r0, c0, h, w), pixels, fill))
+            rgb = tuple(float(v) for v in np.clip(image[sl][mask], 0.0, 1.0).mean(axis=0))
+            found.append(
+                FoundObject(
+                    name,
+                    shape_name(skew, gap),
+                    (c0 + w / 2.0, r0 + h / 2.0),
+                    (r0, c0, h, w),
+                    pixels,
+                    float(mask.mean()),
+                    skew,
+                    gap,
+                    rgb,
+                )
+            )
     found.sort(key=lambda o: (o.bbox[0], o.bbox[1]))
     return found
 
@@ -147,8 +183,28 @@ def _position_holds(objects: list[FoundObject], caption: world.Caption) -> bool:
     )
 
 
-def score_objects(objects: list[FoundObject], caption: str | world.Caption) -> ShapesScore:
-    """Scores measured ``objects`` against ``caption`` (see the module docstring)."""
+def _graded_terms(objects: list[FoundObject], named: list[tuple[str, str]]) -> dict[str, float]:
+    """The graded ``colour`` and ``shape`` terms (module docstring): named objects matched to found ones."""
+    pairs = []
+    for i, (colour, shape) in enumerate(named):
+        target = np.asarray(world.COLOURS[colour], np.float32)
+        for j, o in enumerate(objects):
+            c = 1.0 - float(np.linalg.norm(np.asarray(o.rgb) - target)) / np.sqrt(3.0)
+            s = shape_likeness(o.skew, o.gap)[shape]
+            pairs.append(((c + s) / 2.0, i, j, c, s))
+    colour = shape = 0.0
+    used_named, used_found = set(), set()
+    for _, i, j, c, s in sorted(pairs, reverse=True):
+        if i in used_named or j in used_found:
+            continue
+        used_named.add(i)
+        used_found.add(j)
+        colour, shape = colour + c, shape + s
+    return {"colour": colour / len(named), "shape": shape / len(named)}
+
+
+def score_objects(objects: list[FoundObject], caption: str | world.Caption, *, graded: bool = False) -> ShapesScore:
+    """Scores measured ``objects`` against ``caption`` (see the module docstring; ``graded``: its last part)."""
     cap = caption if isinstance(caption, world.Caption) else world.parse_caption(caption)
     named = cap.expected_objects()
     n = len(named)
@@ -162,13 +218,15 @@ def score_objects(objects: list[FoundObject], caption: str | world.Caption) -> S
     }
     if cap.kind in ("position", "relation"):
         terms["position"] = float(_position_holds(objects, cap))
+    if graded:
+        terms.update(_graded_terms(objects, list(named)))
     exact = found_pairs == named_pairs and terms.get("position", 1.0) == 1.0
     reward = 1.0 if exact else min(float(np.mean(list(terms.values()))), 0.99)
     return ShapesScore(reward, exact, {**terms, "objects": objects})
 
 
-def score(image: Any, caption: str, *, min_pixels: int = MIN_PIXELS) -> ShapesScore:
-    """Scores one image ``[32, 32, 3]`` float in ``[0, 1]`` against a world caption."""
+def score(image: Any, caption: str, *, min_pixels: int = MIN_PIXELS, graded: bool = False) -> ShapesScore:
+    """Scores one image ``[32, 32, 3]`` float in ``[0, 1]`` against a world caption (``graded``: docstring)."""
     cap = world.parse_caption(caption)
     image = np.asarray(image, dtype=np.float32)
     if image.ndim != 3 or image.shape[-1] != 3:
@@ -177,10 +235,12 @@ def score(image: Any, caption: str, *, min_pixels: int = MIN_PIXELS) -> ShapesSc
         raise ValueError(
             f"the shapes world is {world.IMAGE_SIZE}x{world.IMAGE_SIZE}; got an image of shape {image.shape}"
         )
-    return score_objects(find_objects(image, min_pixels=min_pixels), cap)
+    return score_objects(find_objects(image, min_pixels=min_pixels), cap, graded=graded)
 
 
-def score_batch(images: Any, captions: Sequence[str], *, min_pixels: int = MIN_PIXELS) -> list[ShapesScore]:
+def score_batch(
+    images: Any, captions: Sequence[str], *, min_pixels: int = MIN_PIXELS, graded: bool = False
+) -> list[ShapesScore]:
     """:func:`score` over ``images [B, 32, 32, 3]`` and ``B`` captions (all captions parsed first)."""
     for i, c in enumerate(captions):
         try:
@@ -188,7 +248,7 @@ def score_batch(images: Any, captions: Sequence[str], *, min_pixels: int = MIN_P
         except ValueError as e:
             raise ValueError(f"prompt {i}: {e}") from None
     images = np.asarray(images, dtype=np.float32)
-    return [score(im, c, min_pixels=min_pixels) for im, c in zip(images, captions, strict=True)]
+    return [score(im, c, min_pixels=min_pixels, graded=graded) for im, c in zip(images, captions, strict=True)]
 
 
 @register(
@@ -196,14 +256,17 @@ def score_batch(images: Any, captions: Sequence[str], *, min_pixels: int = MIN_P
     description="shapes-world alignment (colour, shape, count, position), partial credit in [0, 1]",
     weights="none",
 )
-def make_shapes_reward(*, exact: bool = False, min_pixels: int = MIN_PIXELS):
+def make_shapes_reward(*, exact: bool = False, graded: bool = False, min_pixels: int = MIN_PIXELS):
     """Factory: ``reward_fn(images [B, 32, 32, 3], prompts) -> [B]`` float32.
 
-    ``exact=True`` returns the exact-alignment flag (0/1) instead of the partial credit.
+    ``exact=True`` returns the exact-alignment flag (0/1) instead of the partial credit; ``graded=True`` grades
+    near misses of colour and shape (module docstring), e.g. ``--reward-option graded=true``.
     """
+    if exact and graded:
+        raise ValueError("the shapes reward takes exact=True or graded=True, not both")
 
     def reward_fn(images: Any, prompts: Sequence[str]) -> np.ndarray:
-        scores = score_batch(images, prompts, min_pixels=min_pixels)
+        scores = score_batch(images, prompts, min_pixels=min_pixels, graded=graded)
         return np.array([float(s.exact) if exact else s.reward for s in scores], dtype=np.float32)
 
     return reward_fn

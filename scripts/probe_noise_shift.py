@@ -12,6 +12,7 @@ asks whether *some* Gaussian mean helps at all, whatever the reward calls could 
 
     python scripts/probe_noise_shift.py --set tuning
     python scripts/probe_noise_shift.py --set tuning --pools "" --colour-shifts 0.25,0.5,1
+    python scripts/probe_noise_shift.py --set tuning --graded    # the direction from the graded reward
 """
 
 from __future__ import annotations
@@ -46,6 +47,11 @@ def main(argv: list[str] | None = None) -> None:
         "free parameters: 16 = one number per channel), 1 = per element as in the paper",
     )
     p.add_argument("--colour-shifts", default="", help="per-element sizes s of the caption-colour shift, e.g. 0.5,1")
+    p.add_argument(
+        "--graded",
+        action="store_true",
+        help="estimate the direction with the graded shapes reward (near misses of colour and shape earn more)",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", default=None)
     args = p.parse_args(argv)
@@ -61,12 +67,13 @@ def main(argv: list[str] | None = None) -> None:
         rng = jax.random.PRNGKey(args.seed)
         xs = np.asarray(jax.random.normal(jax.random.fold_in(rng, 1), (args.calls, *env.latent_shape)))
         imgs = np.concatenate([np.asarray(env(xs[i : i + 50], rng)) for i in range(0, args.calls, 50)])
-        s = ev.score_images(imgs, prompt)
+        s = ev.score_images(imgs, prompt, graded=args.graded)
         adv = (s.reward - s.reward.mean()) / (s.reward.std() + 1e-8)
         d = np.tensordot(adv, xs, axes=1) / args.calls  # [C, h, w]
         z = np.asarray(jax.random.normal(jax.random.fold_in(rng, 2), (args.num_images, *env.latent_shape)))
         row = {
             "calls_exact": float(s.exact.mean()),
+            "calls_reward_levels": len(np.unique(np.round(s.reward, 4))),  # distinct rewards among the calls
             "base": float(ev.score_images(np.asarray(env(z, rng)), prompt).exact.mean()),
         }
         for b in pools:

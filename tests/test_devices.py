@@ -4,6 +4,7 @@ host devices by ``--cpu-devices`` / ``$FIND_JAX_CPU_DEVICES``; bad counts refuse
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 
@@ -82,6 +83,31 @@ def test_cpu_devices_flag_splits_cli_sampling_over_two_cores(tiny_sd_dir, tmp_pa
     assert "split over 2 devices" in log_two and "split over" not in log_one
     assert np.ptp(one) > 0.05
     np.testing.assert_allclose(two, one, atol=1e-5)
+
+
+def test_cli_resumes_a_run_on_two_cores(tmp_path):
+    """A run restored from its checkpoint (state on one device) samples on the two-device mesh: re-running a
+    finished `make run`, and continuing an interrupted one, both worked only on one device before."""
+    workdir = tmp_path / "run"
+
+    def optimize(iterations: int):
+        cmd = [sys.executable, "-m", "find_jax.cli", "--cpu-devices", "2", "optimize", "--prompt", "a green circle"]
+        cmd += ["--iterations", str(iterations), "--checkpoint-every", "2", "--steps", "2", "--quiet"]
+        cmd += ["--workdir", str(workdir), "--cache-dir", "off"]
+        env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", CPU_DEVICES_ENV)}
+        proc = subprocess.run(cmd, env={**env, "JAX_PLATFORMS": "cpu"}, capture_output=True, text=True, timeout=600)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        return np.load(workdir / "final_samples.npy"), proc.stderr
+
+    first, log = optimize(4)
+    assert "split over 2 devices" in log
+    again, log = optimize(4)  # the finished run: restored, then its final samples drawn again
+    assert "resuming" in log
+    np.testing.assert_array_equal(again, first)
+    shutil.rmtree(workdir / "checkpoints" / "4")  # as if stopped after iteration 2: the loop itself resumes
+    resumed, log = optimize(4)
+    assert "from iteration 2" in log
+    np.testing.assert_array_equal(resumed, first)  # a resumed run draws what the uninterrupted one drew
 
 
 def test_configure_cpu_devices_refuses_bad_counts(monkeypatch):

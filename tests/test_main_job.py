@@ -9,12 +9,14 @@ import pytest
 
 from find_jax.cli import main
 from find_jax.models import load_model, shipped_model_dir
+from find_jax.shapes.model import FIND_DEFAULTS
 
 
 def test_shipped_model_loads_with_its_defaults():
     d = shipped_model_dir()
     defaults = json.loads((d / "find_defaults.json").read_text())
     assert defaults["reward"] == "shapes"
+    assert defaults == FIND_DEFAULTS  # what the package writes when it saves a model is what it ships
     m = load_model(None)
     assert m.latent_shape() == (14, 16, 16) and m.default_size == (32, 32)  # 12 image + 2 coordinate planes
     assert m.decoder.coord_channels == 2

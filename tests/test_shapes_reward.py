@@ -129,3 +129,52 @@ def test_shape_survives_soft_corners_and_attached_stray_pixels():
     triangle = _draw(world.ShapeObject("triangle", "yellow", 8, 8, 11))
     triangle[18, 19] = (1.0, 1.0, 0.0)
     assert S.score(triangle, "a yellow triangle").exact
+
+
+def _near_square_triangle(top_rows: int) -> np.ndarray:
+    """A yellow triangle (box 11 at row 8, col 8) with its top ``top_rows`` rows widened to 7 px."""
+    image = _draw(world.ShapeObject("triangle", "yellow", 8, 8, 11))
+    image[8 : 8 + top_rows, 10:17] = (1.0, 1.0, 0.0)
+    return image
+
+
+def test_graded_reward_ranks_near_misses_the_plain_reward_ties():
+    # Shape: three objects all measured as triangles, scored against "a yellow square". The plain reward
+    # gives each 0.5 (colour, count right; shape, nothing-extra wrong); the graded one rises with squareness.
+    images = [_near_square_triangle(k) for k in (0, 2, 3)]
+    plain = [S.score(im, "a yellow square") for im in images]
+    graded = [S.score(im, "a yellow square", graded=True) for im in images]
+    assert all(s.details["objects"][0].shape == "triangle" for s in plain)
+    assert [s.reward for s in plain] == [0.5, 0.5, 0.5]
+    assert graded[0].reward < graded[1].reward < graded[2].reward < 1.0
+    assert not any(s.exact for s in graded)
+    # Colour: a yellow triangle and one tinted towards white, both classified yellow, against "a white triangle".
+    yellow = _draw(world.ShapeObject("triangle", "yellow", 8, 8, 11))
+    whitish = yellow.copy()
+    whitish[yellow.sum(-1) > 0] = (1.0, 1.0, 0.4)
+    a, b = (S.score(im, "a white triangle", graded=True) for im in (yellow, whitish))
+    assert a.details["objects"][0].colour == b.details["objects"][0].colour == "yellow"
+    assert S.score(yellow, "a white triangle").reward == S.score(whitish, "a white triangle").reward
+    assert a.reward < b.reward < 1.0
+
+
+def test_graded_reward_is_one_exactly_when_aligned(pairs):
+    rng = np.random.default_rng(1)
+    for _, image, caption in pairs[:100]:
+        s = S.score(image, caption.text(), graded=True)
+        assert s.exact and s.reward == 1.0
+        wrong = pairs[int(rng.integers(len(pairs)))][2].text()
+        g, p = S.score(image, wrong, graded=True), S.score(image, wrong)
+        assert g.exact == p.exact and (g.reward == 1.0) == g.exact and 0.0 <= g.reward <= 1.0
+    for skew, gap in ((-0.6, 0.0), (-0.26, 0.6), (0.0, 0.6), (0.0, 0.0), (0.1, 0.24)):
+        like = S.shape_likeness(skew, gap)
+        assert abs(sum(like.values()) - 1.0) < 1e-9 and min(like.values()) >= 0.0
+        assert max(like, key=like.get) == S.shape_name(skew, gap)
+
+
+def test_graded_reward_option():
+    image = _near_square_triangle(3)[None]
+    graded_fn = make_reward("shapes", graded=True)
+    assert graded_fn(image, ["a yellow square"])[0] > make_reward("shapes")(image, ["a yellow square"])[0]
+    with pytest.raises(ValueError, match="not both"):
+        make_reward("shapes", exact=True, graded=True)

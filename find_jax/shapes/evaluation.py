@@ -52,6 +52,15 @@ COMMON = (
 )
 ABLATION = RARE[:2] + RARE[6:7] + RARE[8:9] + RARE[10:12]  # 6 rare prompts: colour, count, position, relation
 TUNING = ("a white circle", "a yellow square", "three yellow triangles", "a red triangle at the bottom")
+# Common captions held out from the evaluation, for choosing the model's sampler settings (its guidance scale).
+TUNING_COMMON = (
+    "a yellow triangle on the left",
+    "two yellow triangles",
+    "a blue square above a yellow triangle",
+    "a red circle at the bottom",
+    "a yellow triangle to the left of a red circle",
+    "two blue squares",
+)
 
 
 # A method is a FIND preset plus field overrides. ``ablation`` methods run only on the ABLATION prompts; they
@@ -140,11 +149,12 @@ class Scores:
         return {"n": n, "exact": k / n, "exact_ci": wilson(k, n), "reward": m, "reward_ci": (lo, hi)}
 
 
-def score_images(images: np.ndarray, prompt: str) -> Scores:
-    """Exact-scorer results of ``images [N, 32, 32, 3]`` in [0, 1] against one caption."""
+def score_images(images: np.ndarray, prompt: str, *, graded: bool = False) -> Scores:
+    """Exact-scorer results of ``images [N, 32, 32, 3]`` in [0, 1] against one caption (``graded``: the reward
+    is the graded partial credit; ``exact`` is the same either way)."""
     from reward_models.shapes import score_batch
 
-    s = score_batch(images, [prompt] * len(images))
+    s = score_batch(images, [prompt] * len(images), graded=graded)
     return Scores(np.array([t.exact for t in s]), np.array([t.reward for t in s], np.float32))
 
 

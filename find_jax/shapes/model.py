@@ -207,8 +207,10 @@ def model_index() -> dict[str, Any]:
 
 
 # FindConfig fields this model recommends (read by find_jax.optimize.make_config; explicit flags win): its exact
-# scorer as the reward, 20 DDIM steps (the model is small; 50 adds nothing), and its guidance scale.
-FIND_DEFAULTS = {"reward": "shapes", "steps": 20, "guidance": 5.0}
+# scorer as the reward, 20 DDIM steps (the model is small; 50 adds nothing), and its guidance scale: CFG 2, the
+# best of 1-7.5 for common captions on the separate tuning prompts (README, "Model quality"); higher scales
+# cost counts and relations.
+FIND_DEFAULTS = {"reward": "shapes", "steps": 20, "guidance": 2.0}
 
 
 def _write_json(path: str, obj: Any) -> None:
