@@ -67,16 +67,22 @@ def test_sampler_split_over_four_devices_equals_one_device(tiny_sd_dir, tmp_path
     assert out["b4_eta0.0"]["collectives"] == 0 and out["b4_eta1.0"]["collectives"] == 0
 
 
+def _cli(devices: int, *args: str) -> str:
+    """Runs ``find-jax --cpu-devices DEVICES ARGS...`` in a fresh interpreter (the device count must be set
+    before JAX starts); fails the test with its stderr on a non-zero exit, else returns the stderr (the log)."""
+    cmd = [sys.executable, "-m", "find_jax.cli", "--cpu-devices", str(devices), *args, "--cache-dir", "off"]
+    env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", CPU_DEVICES_ENV)}
+    proc = subprocess.run(cmd, env={**env, "JAX_PLATFORMS": "cpu"}, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc.stderr
+
+
 def test_cpu_devices_flag_splits_cli_sampling_over_two_cores(tiny_sd_dir, tmp_path):
     def sample(devices: int):
         out = tmp_path / f"out{devices}"
-        cmd = [sys.executable, "-m", "find_jax.cli", "--cpu-devices", str(devices), "sample"]
-        cmd += ["--model", str(tiny_sd_dir), "--prompt", "a red cat", "--num-images", "2", "--steps", "4"]
-        cmd += ["--out", str(out), "--cache-dir", "off"]
-        env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", CPU_DEVICES_ENV)}
-        proc = subprocess.run(cmd, env={**env, "JAX_PLATFORMS": "cpu"}, capture_output=True, text=True, timeout=600)
-        assert proc.returncode == 0, proc.stderr[-3000:]
-        return np.load(out / "images.npy"), proc.stderr
+        args = ["sample", "--model", str(tiny_sd_dir), "--prompt", "a red cat", "--num-images", "2", "--steps", "4"]
+        log = _cli(devices, *args, "--out", str(out))
+        return np.load(out / "images.npy"), log
 
     one, log_one = sample(1)
     two, log_two = sample(2)
@@ -91,13 +97,9 @@ def test_cli_resumes_a_run_on_two_cores(tmp_path):
     workdir = tmp_path / "run"
 
     def optimize(iterations: int):
-        cmd = [sys.executable, "-m", "find_jax.cli", "--cpu-devices", "2", "optimize", "--prompt", "a green circle"]
-        cmd += ["--iterations", str(iterations), "--checkpoint-every", "2", "--steps", "2", "--quiet"]
-        cmd += ["--workdir", str(workdir), "--cache-dir", "off"]
-        env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", CPU_DEVICES_ENV)}
-        proc = subprocess.run(cmd, env={**env, "JAX_PLATFORMS": "cpu"}, capture_output=True, text=True, timeout=600)
-        assert proc.returncode == 0, proc.stderr[-3000:]
-        return np.load(workdir / "final_samples.npy"), proc.stderr
+        args = ["optimize", "--prompt", "a green circle", "--iterations", str(iterations), "--checkpoint-every", "2"]
+        log = _cli(2, *args, "--steps", "2", "--quiet", "--workdir", str(workdir))
+        return np.load(workdir / "final_samples.npy"), log
 
     first, log = optimize(4)
     assert "split over 2 devices" in log

@@ -2,25 +2,15 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
-
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "probe_positions.py"
-
-
-def _load():
-    spec = importlib.util.spec_from_file_location("probe_positions", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from script_loader import load_script
 
 
 def test_centroids_of_rendered_images():
-    probe = _load()
+    probe = load_script("probe_positions")
     images = np.zeros((2, 32, 32, 3), np.float32)
     images[0, 10:14, 2:6] = 1.0  # a block centred at x 3.5, y 11.5
     images[1, 20:24, 26:30] = 1.0  # centred at x 27.5, y 21.5
@@ -33,7 +23,7 @@ def test_centroids_of_rendered_images():
 
 
 def test_probe_runs_on_the_shipped_model(tmp_path):
-    probe = _load()
+    probe = load_script("probe_positions")
     out = tmp_path / "probe.json"
     result = probe.main(["--samples", "2", "--at", "0,8", "--json", str(out)])
     assert json.loads(out.read_text()) == json.loads(json.dumps(result))

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import json
-from pathlib import Path
 
 import jax
 import numpy as np
 import pytest
+from script_loader import load_script
 
 from find_jax.shapes import model as shapes_model
 from find_jax.shapes.train import TrainConfig, alphas_cumprod, config_from_dict, config_to_dict, train
@@ -143,10 +142,7 @@ def test_bad_coordinate_plane_count_is_refused(tmp_path):
 
     with pytest.raises(ValueError, match="0 or 2"):
         coord_planes(16, 16, 3)
-    script = Path(__file__).resolve().parents[1] / "scripts" / "train_shapes.py"
-    spec = importlib.util.spec_from_file_location("train_shapes", script)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_script("train_shapes")
     with pytest.raises(SystemExit):  # argparse: invalid choice, before anything is written
         module.main(["--workdir", str(tmp_path / "w"), "--out", str(tmp_path / "o"), "--coord-channels", "1"])
     assert not (tmp_path / "w").exists()

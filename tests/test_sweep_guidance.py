@@ -2,23 +2,13 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
+from script_loader import load_script
 
 from find_jax.shapes import evaluation as ev
-
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "sweep_guidance.py"
-
-
-def _load():
-    spec = importlib.util.spec_from_file_location("sweep_guidance", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_tuning_prompts_are_held_out_of_the_evaluation():
@@ -29,7 +19,7 @@ def test_tuning_prompts_are_held_out_of_the_evaluation():
 
 def test_sweep_runs_on_the_shipped_model(tmp_path):
     out = tmp_path / "cfg.json"
-    result = _load().main(["--guidance", "2", "--num-images", "2", "--json", str(out)])
+    result = load_script("sweep_guidance").main(["--guidance", "2", "--num-images", "2", "--json", str(out)])
     assert json.loads(out.read_text()) == json.loads(json.dumps(result))
     row = result["scales"]["2"]
     assert set(row["prompts"]) == set(ev.TUNING_COMMON) | set(ev.TUNING)
@@ -41,6 +31,6 @@ def test_sweep_runs_on_the_shipped_model(tmp_path):
 
 def test_sweep_refuses_bad_scales():
     with pytest.raises(SystemExit):
-        _load().main(["--guidance", "-1"])
+        load_script("sweep_guidance").main(["--guidance", "-1"])
     with pytest.raises(SystemExit):
-        _load().main(["--num-images", "0"])
+        load_script("sweep_guidance").main(["--num-images", "0"])
