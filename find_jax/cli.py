@@ -62,7 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         metavar="N",
         help="run JAX's CPU backend as N devices so the sampler splits its batch over N cores (default: "
-        "$FIND_JAX_CPU_DEVICES, else 1; e.g. 2 on a 2-core machine: ~1.5x faster sampling)",
+        "$FIND_JAX_CPU_DEVICES, else 1; e.g. 2 on a 2-core machine: ~1.6x faster sampling)",
     )
     sub = parser.add_subparsers(dest="command", required=True)
 

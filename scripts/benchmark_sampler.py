@@ -10,7 +10,9 @@ PyTorch runs once per ``--torch-threads`` entry (default ``1,2``: on this 2-core
 1 at batch 1 and faster at batch 8, not the ~20x slower once assumed). JAX runs once per
 ``--jax-cpu-devices`` entry: 1 is the plain one-device sampler, 2 exposes two cores as two host devices and
 splits the CFG batch over them (``find-jax --cpu-devices 2``). Each JAX row is compared with PyTorch's fastest
-setting at that batch. ``--config sd15`` builds an SD1.5-sized model with random weights (timing only).
+setting at that batch (within each round). ``--rounds R`` runs all settings R times, interleaved, and reports
+medians and each round's speed-up (the README's figures: ``--repeats 8 --rounds 5``). ``--config sd15`` builds
+an SD1.5-sized model with random weights (timing only).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import argparse
 import json
 import platform
 import resource
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -48,7 +51,23 @@ SD15_TEXT = dict(
 )
 
 
+MODEL_MARKER = "benchmark_model.json"  # written into a --model-out folder: which --config it was built for
+
+
 def _peak_mb() -> float:
+    """Peak resident memory of this process in MB.
+
+    Linux: ``VmHWM``, the high-water mark of this program's own memory. ``ru_maxrss`` is not used there: it
+    keeps the parent's peak across fork + exec, so every worker reported at least the parent's peak (the
+    parent builds the model: 645 MB for the tiny config, 14 GB for SD1.5).
+    """
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024.0
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
@@ -57,7 +76,7 @@ def worker(args: argparse.Namespace) -> dict:
     import numpy as np
 
     prompts = ["a photo of a red cat"] * args.batch
-    devices, platform_name = 1, "cpu"
+    devices, platform_name, device_name, gpu_peak = 1, "cpu", platform.processor() or platform.machine(), None
     if args.framework == "jax":
         import jax
 
@@ -67,6 +86,8 @@ def worker(args: argparse.Namespace) -> dict:
         configure_cpu_devices(args.cpu_devices)
         devices = jax.local_device_count()  # what the sampler really splits over
         platform_name = jax.devices()[0].platform
+        if platform_name != "cpu":
+            device_name = jax.devices()[0].device_kind
         model = load_model(args.model_dir, dtype=args.dtype)
         env = make_environment(model, prompts, steps=args.steps, guidance=args.guidance)
         x = jax.random.normal(jax.random.PRNGKey(0), (args.batch, *env.latent_shape))
@@ -79,6 +100,8 @@ def worker(args: argparse.Namespace) -> dict:
             t = time.perf_counter()
             np.asarray(env(x, jax.random.PRNGKey(i)))
             times.append(time.perf_counter() - t)
+        stats = jax.devices()[0].memory_stats() if platform_name != "cpu" else None
+        gpu_peak = stats["peak_bytes_in_use"] / 2**20 if stats and "peak_bytes_in_use" in stats else None
     else:
         import torch
         from diffusers import DDIMScheduler, StableDiffusionPipeline
@@ -93,6 +116,8 @@ def worker(args: argparse.Namespace) -> dict:
             torch_dtype=dtype,
         )
         device = "cuda" if torch.cuda.is_available() else "cpu"
+        if device == "cuda":
+            platform_name, device_name = "gpu", torch.cuda.get_device_name()
         pipe = pipe.to(device)
         pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
         pipe.set_progress_bar_config(disable=True)
@@ -123,6 +148,8 @@ def worker(args: argparse.Namespace) -> dict:
             t = time.perf_counter()
             run()
             times.append(time.perf_counter() - t)
+        if device == "cuda":
+            gpu_peak = torch.cuda.max_memory_allocated() / 2**20
     steady = float(np.median(times))
     return dict(
         framework=args.framework,
@@ -134,6 +161,8 @@ def worker(args: argparse.Namespace) -> dict:
         steady_s_per_call=steady,
         steady_s_per_image=steady / args.batch,
         peak_rss_mb=_peak_mb(),
+        peak_gpu_mb=gpu_peak,  # JAX: the device's peak_bytes_in_use (its preallocated pool aside); torch: max allocated
+        device_name=device_name,
         rss_after_load_mb=rss_loaded,
     )
 
@@ -142,12 +171,23 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", choices=("tiny", "sd15"), default="tiny", help="model size (random weights)")
     p.add_argument("--model-dir", default=None, help="use this diffusers-format model instead of building one")
+    p.add_argument(
+        "--model-out",
+        default=None,
+        help="build the random --config model in this folder and keep it (reused when it already holds one)",
+    )
     p.add_argument("--batches", default="1,8", help="comma-separated batch sizes")
     p.add_argument("--frameworks", default="jax,torch", help="jax, torch or both")
     p.add_argument("--steps", type=int, default=50)
     p.add_argument("--guidance", type=float, default=7.5)
     p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
     p.add_argument("--repeats", type=int, default=3, help="timed calls after the first (median reported)")
+    p.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="run every setting this many times, interleaved; the table shows medians, the speed-ups each round's",
+    )
     p.add_argument(
         "--torch-threads", default="1,2", help="comma-separated PyTorch intra-op thread counts (its best is compared)"
     )
@@ -162,84 +202,139 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--batch", type=int, default=1, help=argparse.SUPPRESS)
     p.add_argument("--cpu-devices", type=int, default=1, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
+    if args.rounds < 1 or args.repeats < 1:
+        p.error(f"--rounds and --repeats must be >= 1; got {args.rounds} and {args.repeats}")
     if args.worker:
         print("RESULT " + json.dumps(worker(args)), flush=True)
         return
 
+    if args.model_dir is not None and args.model_out is not None:
+        p.error("give --model-dir (an existing model) or --model-out (build one and keep it), not both")
     tmp = None
     if args.model_dir is None:
         from find_jax.testing import make_tiny_sd
 
-        tmp = tempfile.TemporaryDirectory()
-        kw = dict(unet=SD15_UNET, vae=SD15_VAE, text=SD15_TEXT) if args.config == "sd15" else {}
-        args.model_dir = str(make_tiny_sd(Path(tmp.name) / "model", formats=("safetensors", "flax"), **kw))
-    rows = []
+        if args.model_out is None:
+            tmp = tempfile.TemporaryDirectory()
+        folder = Path(args.model_out) if args.model_out else Path(tmp.name) / "model"
+        marker = folder / MODEL_MARKER
+        if marker.is_file():
+            built = json.loads(marker.read_text()).get("config")
+            if built != args.config:
+                p.error(f"--model-out {folder} holds the {built!r} model, not {args.config!r}; give another folder")
+            print(f"reusing the model in {folder}", file=sys.stderr)
+        elif folder.exists() and any(folder.iterdir()):
+            p.error(
+                f"--model-out {folder} exists and holds no model built by this script; give an empty folder "
+                "(or --model-dir to time an existing model)"
+            )
+        else:
+            kw = dict(unet=SD15_UNET, vae=SD15_VAE, text=SD15_TEXT) if args.config == "sd15" else {}
+            t = time.perf_counter()
+            partial = folder.with_name(folder.name + ".partial")  # renamed when complete: no half model is reused
+            shutil.rmtree(partial, ignore_errors=True)
+            make_tiny_sd(partial, formats=("safetensors", "flax"), **kw)
+            (partial / MODEL_MARKER).write_text(json.dumps({"config": args.config}))
+            if folder.exists():
+                folder.rmdir()
+            partial.rename(folder)
+            print(f"built the {args.config} model in {folder} ({time.perf_counter() - t:.0f} s)", file=sys.stderr)
+        args.model_dir = str(folder)
     runs = []  # (framework, option flag, value)
     for fw in args.frameworks.split(","):
         if fw == "jax":
             runs += [("jax", "--cpu-devices", int(d)) for d in args.jax_cpu_devices.split(",")]
         else:
             runs += [("torch", "--torch-threads", int(t)) for t in str(args.torch_threads).split(",")]
-    for fw, flag, value in runs:
-        for b in [int(x) for x in args.batches.split(",")]:
-            cmd = [
-                sys.executable,
-                __file__,
-                "--worker",
-                "--framework",
-                fw,
-                "--batch",
-                str(b),
-                "--model-dir",
-                args.model_dir,
-                "--steps",
-                str(args.steps),
-                "--guidance",
-                str(args.guidance),
-                "--dtype",
-                args.dtype,
-                "--repeats",
-                str(args.repeats),
-                flag,
-                str(value),
-            ]
-            out = subprocess.run(cmd, capture_output=True, text=True)
-            line = [ln for ln in out.stdout.splitlines() if ln.startswith("RESULT ")]
-            if out.returncode or not line:
-                print(out.stderr[-3000:], file=sys.stderr)
-                raise SystemExit(f"worker {fw} {flag} {value} batch {b} failed")
-            rows.append(json.loads(line[0][len("RESULT ") :]))
-            print(f"done: {fw} {flag} {value} batch {b}", file=sys.stderr, flush=True)
-    print(
-        f"\nmachine: {platform.processor() or platform.machine()}, {_cpu_count()} cores; config {args.config}, "
-        f"{args.steps} DDIM steps, CFG {args.guidance}, {args.dtype}\n"
-    )
-    print("| framework | setting | batch | first call (s, incl. compile) | steady s/image | peak RSS (MB) |")
-    print("|---|---|---|---|---|---|")
-    for r in rows:
-        print(
-            f"| {r['framework']} | {_setting(r)} | {r['batch']} | {r['first_call_s']:.2f} | "
-            f"{r['steady_s_per_image']:.4f} | {r['peak_rss_mb']:.0f} |"
-        )
-    for b in sorted({r["batch"] for r in rows}):
-        torch_rows = [r for r in rows if r["framework"] == "torch" and r["batch"] == b]
-        if not torch_rows:
-            continue
-        best = min(torch_rows, key=lambda r: r["steady_s_per_image"])
-        for r in rows:
-            if r["framework"] == "jax" and r["batch"] == b:
-                ratio = best["steady_s_per_image"] / r["steady_s_per_image"]
-                print(
-                    f"\nbatch {b}: JAX ({_setting(r)}) is {ratio:.2f}x faster per image than PyTorch ({_setting(best)})"
-                )
-    print()
+    batches = [int(x) for x in args.batches.split(",")]
+    rows = []
+    for rnd in range(args.rounds):  # rounds interleave the settings, so slow drift of the VM hits all of them
+        for fw, flag, value in runs:
+            for b in batches:
+                row = _run_worker(args, fw, flag, value, b)
+                rows.append(dict(row, round=rnd))
+                print(f"done: round {rnd + 1}/{args.rounds} {fw} {flag} {value} batch {b}", file=sys.stderr, flush=True)
+    _print_report(rows, args)
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=2))
     if tmp is not None:
         tmp.cleanup()
 
 
+def _run_worker(args: argparse.Namespace, fw: str, flag: str, value: int, batch: int) -> dict:
+    """One measurement in a fresh process (its own compile, its own peak memory)."""
+    cmd = [sys.executable, __file__, "--worker", "--framework", fw, "--batch", str(batch)]
+    cmd += ["--model-dir", args.model_dir, "--steps", str(args.steps), "--guidance", str(args.guidance)]
+    cmd += ["--dtype", args.dtype, "--repeats", str(args.repeats), flag, str(value)]
+    out = subprocess.run(cmd, capture_output=True, text=True)
+    line = [ln for ln in out.stdout.splitlines() if ln.startswith("RESULT ")]
+    if out.returncode or not line:
+        print(out.stderr[-3000:], file=sys.stderr)
+        raise SystemExit(f"worker {fw} {flag} {value} batch {batch} failed")
+    return json.loads(line[0][len("RESULT ") :])
+
+
+def _print_report(rows: list[dict], args: argparse.Namespace) -> None:
+    """The table (medians over rounds) and each JAX setting's speed-up over PyTorch's fastest setting.
+
+    The speed-up is taken within each round (PyTorch's fastest setting of that round at that batch), so a
+    VM that slows down between rounds slows both sides of a ratio; with several rounds the median and the
+    per-round values are printed.
+    """
+    import numpy as np
+
+    rounds = sorted({r["round"] for r in rows})
+    accelerators = sorted({r["device_name"] for r in rows if r.get("platform", "cpu") != "cpu"})
+    gpu = bool(accelerators)
+    print(
+        f"\nmachine: {platform.processor() or platform.machine()}, {_cpu_count()} cores"
+        + (f", {' / '.join(accelerators)}" if gpu else "")
+        + f"; config {args.config}, "
+        f"{args.steps} DDIM steps, CFG {args.guidance}, {args.dtype}; {len(rounds)} round(s), "
+        f"median of {args.repeats} timed calls per row"
+        + (" (table: medians over rounds)" if len(rounds) > 1 else "")
+        + "\n"
+    )
+    gpu_col = " peak GPU memory (MB) |" if gpu else ""
+    print(f"| framework | setting | batch | first call (s, incl. compile) | steady s/image | peak RSS (MB) |{gpu_col}")
+    print("|---|---|---|---|---|---|" + ("---|" if gpu else ""))
+    keys = list(dict.fromkeys((r["framework"], _setting(r), r["batch"]) for r in rows))
+    for fw, setting, b in keys:
+        same = [r for r in rows if (r["framework"], _setting(r), r["batch"]) == (fw, setting, b)]
+        first = float(np.median([r["first_call_s"] for r in same]))
+        steady = float(np.median([r["steady_s_per_image"] for r in same]))
+        peak = max(r["peak_rss_mb"] for r in same)
+        line = f"| {fw} | {setting} | {b} | {first:.2f} | {steady:.4f} | {peak:.0f} |"
+        if gpu:
+            gpu_peaks = [r["peak_gpu_mb"] for r in same if r.get("peak_gpu_mb") is not None]
+            line += f" {max(gpu_peaks):.0f} |" if gpu_peaks else " - |"
+        print(line)
+    for fw, setting, b in keys:
+        if fw != "jax":
+            continue
+        ratios, baselines = [], []
+        for rnd in rounds:
+            torch_rows = [r for r in rows if r["round"] == rnd and r["framework"] == "torch" and r["batch"] == b]
+            mine = [r for r in rows if r["round"] == rnd and r["framework"] == "jax" and r["batch"] == b]
+            mine = [r for r in mine if _setting(r) == setting]
+            if not torch_rows or not mine:
+                continue
+            best = min(torch_rows, key=lambda r: r["steady_s_per_image"])
+            ratios.append(best["steady_s_per_image"] / mine[0]["steady_s_per_image"])
+            baselines.append(_setting(best))
+        if not ratios:
+            continue
+        base = baselines[0] if len(set(baselines)) == 1 else "its fastest setting in each round"
+        line = f"\nbatch {b}: JAX ({setting}) is {float(np.median(ratios)):.2f}x faster per image than PyTorch ({base})"
+        if len(ratios) > 1:
+            line += " (median over rounds; per round: " + ", ".join(f"{x:.2f}x" for x in ratios) + ")"
+        print(line)
+    print()
+
+
 def _setting(row: dict) -> str:
+    if row.get("platform", "cpu") != "cpu" and row["framework"] == "torch":
+        return "CUDA"
     if row["framework"] == "jax":
         return f"{row['devices']} {row['platform'].upper()} device{'s' if row['devices'] > 1 else ''}"
     return f"{row['threads']} thread{'s' if row['threads'] > 1 else ''}"

@@ -1,0 +1,58 @@
+#!/usr/bin/env bash
+# SD1.5-sized sampler figures (512x512, 50 DDIM steps, CFG 7.5, random weights) on a GPU machine that has no
+# network, for README "Benchmarks". Two steps:
+#
+#   bash scripts/gpu_benchmark.sh fetch            # here, with PyPI: pure-Python wheels into .whl/ (git-ignored)
+#   bash scripts/gpu_benchmark.sh run DTYPE [OUT]  # there: DTYPE bfloat16 or float32; tables and JSON into OUT
+#
+# The GPU image this project is lent has JAX, flax, optax, orbax, torch and safetensors, but transformers 5
+# (no Flax models), huggingface_hub 1.x and tokenizers 0.23 (both refused by transformers 4.57) and no
+# diffusers; `run` installs the fetched wheels into a private folder ahead of those on PYTHONPATH and runs the
+# project from the checkout (no pip install of the project: its jax pin is the CPU machine's, not the GPU
+# image's). The SD1.5-sized model is built once into .gpu_model_sd15/ (git-ignored) and reused by the next `run`
+# on the same machine, so `run bfloat16` then `run float32` build it only once. Each `run` fits one 10-minute
+# device call: JAX and PyTorch, batch 1 and 8, 2 timed calls each.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+WHEELS=.whl
+SITE=${FIND_JAX_GPU_SITE:-/tmp/find-jax-site}
+PY=${PYTHON:-python3}
+CONFIG=${FIND_JAX_GPU_CONFIG:-sd15}  # "tiny" for a quick dry run of this script on a CPU machine
+
+case "${1:-}" in
+  fetch)
+    mkdir -p "$WHEELS"
+    "$PY" -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+      --abi cp312 --abi abi3 --abi none --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
+      --platform any -d "$WHEELS" \
+      "diffusers==0.39.0" "transformers==4.57.6" "huggingface_hub>=0.34,<1.0" "tokenizers>=0.22,<0.23"
+    ls -l "$WHEELS"
+    ;;
+  run)
+    dtype=${2:?usage: gpu_benchmark.sh run bfloat16|float32 [OUT]}
+    out=${3:-${OUT:-.}}
+    case "$dtype" in bfloat16 | float32) ;; *) echo "DTYPE must be bfloat16 or float32, got $dtype" >&2; exit 2 ;; esac
+    ls "$WHEELS"/diffusers-*.whl "$WHEELS"/transformers-*.whl >/dev/null || {
+      echo "no wheels in $WHEELS: run 'bash scripts/gpu_benchmark.sh fetch' on a machine with PyPI first" >&2
+      exit 2
+    }
+    mkdir -p "$out"
+    if [ ! -f "$SITE/.complete" ]; then
+      rm -rf "$SITE"
+      "$PY" -m pip install -q --no-deps --no-index --target "$SITE" "$WHEELS"/*.whl
+      touch "$SITE/.complete"
+    fi
+    export PYTHONPATH="$SITE:$PWD${PYTHONPATH:+:$PYTHONPATH}"
+    nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$out/gpu.txt" || true
+    "$PY" -c "import jax, torch, diffusers, transformers, flax; print('jax', jax.__version__, jax.devices(), \
+'| torch', torch.__version__, torch.cuda.is_available(), '| diffusers', diffusers.__version__, \
+'| transformers', transformers.__version__, '| flax', flax.__version__)" | tee -a "$out/gpu.txt"
+    "$PY" scripts/benchmark_sampler.py --config "$CONFIG" --model-out ".gpu_model_$CONFIG" --dtype "$dtype" \
+      --jax-cpu-devices 1 --torch-threads 1 --batches 1,8 --repeats 2 --json "$out/${CONFIG}_$dtype.json" \
+      | tee "$out/${CONFIG}_$dtype.md"
+    ;;
+  *)
+    echo "usage: bash scripts/gpu_benchmark.sh fetch | run bfloat16|float32 [OUT]" >&2
+    exit 2
+    ;;
+esac
