@@ -10,8 +10,8 @@
 # diffusers; `run` installs the fetched wheels into a private folder ahead of those on PYTHONPATH and runs the
 # project from the checkout (no pip install of the project: its jax pin is the CPU machine's, not the GPU
 # image's). The SD1.5-sized model is built once into .gpu_model_sd15/ (git-ignored) and reused by the next `run`
-# on the same machine, so `run bfloat16` then `run float32` build it only once. Each `run` fits one 10-minute
-# device call: JAX and PyTorch, batch 1 and 8, 2 timed calls each.
+# on the same machine, so `run bfloat16` then `run float32` build it only once. Each `run` (JAX and PyTorch,
+# batch 1 and 8, 2 timed calls each) is meant to fit one 10-minute device call: an estimate, not yet measured.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 WHEELS=.whl
