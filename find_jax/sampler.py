@@ -446,11 +446,12 @@ def make_environment(
     height: int | None = None,
     width: int | None = None,
     mesh: Mesh | None | str = "auto",
+    fast_norm: bool = True,
 ) -> Environment:
     """The environment for ``prompts`` (one string or a list): embeddings + a jitted sampler.
 
     ``mesh``: where the sampler splits its batch; ``"auto"`` is :func:`batch_mesh` over the local devices
-    (None, i.e. one device, unless several are present).
+    (None, i.e. one device, unless several are present). ``fast_norm``: as in :func:`make_sampler`.
     """
     prompts = [prompts] if isinstance(prompts, str) else list(prompts)
     negs = [negative_prompt] * len(prompts) if isinstance(negative_prompt, str) else list(negative_prompt)
@@ -465,7 +466,7 @@ def make_environment(
     mesh = batch_mesh() if isinstance(mesh, str) and mesh == "auto" else mesh
     if mesh is not None:
         log.info("sampler batch split over %d devices (%s)", mesh.size, mesh.devices.flat[0].platform)
-    sample_fn = make_sampler(model, steps=steps, guidance=guidance, eta=eta, mesh=mesh)
+    sample_fn = make_sampler(model, steps=steps, guidance=guidance, eta=eta, mesh=mesh, fast_norm=fast_norm)
     return Environment(model, prompts, cond, uncond, sample_fn, height, width, mesh)
 
 

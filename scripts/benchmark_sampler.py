@@ -89,7 +89,9 @@ def worker(args: argparse.Namespace) -> dict:
         if platform_name != "cpu":
             device_name = jax.devices()[0].device_kind
         model = load_model(args.model_dir, dtype=args.dtype)
-        env = make_environment(model, prompts, steps=args.steps, guidance=args.guidance)
+        env = make_environment(
+            model, prompts, steps=args.steps, guidance=args.guidance, fast_norm=args.fast_norm == "on"
+        )
         x = jax.random.normal(jax.random.PRNGKey(0), (args.batch, *env.latent_shape))
         rss_loaded = _peak_mb()
         t = time.perf_counter()
@@ -163,6 +165,7 @@ def worker(args: argparse.Namespace) -> dict:
         peak_rss_mb=_peak_mb(),
         peak_gpu_mb=gpu_peak,  # JAX: the device's peak_bytes_in_use (its preallocated pool aside); torch: max allocated
         device_name=device_name,
+        fast_norm=args.fast_norm if args.framework == "jax" else None,
         rss_after_load_mb=rss_loaded,
     )
 
@@ -195,6 +198,12 @@ def main(argv: list[str] | None = None) -> None:
         "--jax-cpu-devices",
         default="1,2",
         help="comma-separated JAX CPU device counts to run (find-jax --cpu-devices); ignored on a GPU",
+    )
+    p.add_argument(
+        "--fast-norm",
+        choices=("on", "off"),
+        default="on",
+        help="JAX: the sampler's GroupNorm lowering (find_jax/fast_norm.py; off = Flax's own, for comparison)",
     )
     p.add_argument("--json", default=None, help="also write the rows to this JSON file")
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
@@ -265,7 +274,7 @@ def _run_worker(args: argparse.Namespace, fw: str, flag: str, value: int, batch:
     """One measurement in a fresh process (its own compile, its own peak memory)."""
     cmd = [sys.executable, __file__, "--worker", "--framework", fw, "--batch", str(batch)]
     cmd += ["--model-dir", args.model_dir, "--steps", str(args.steps), "--guidance", str(args.guidance)]
-    cmd += ["--dtype", args.dtype, "--repeats", str(args.repeats), flag, str(value)]
+    cmd += ["--dtype", args.dtype, "--repeats", str(args.repeats), "--fast-norm", args.fast_norm, flag, str(value)]
     out = subprocess.run(cmd, capture_output=True, text=True)
     line = [ln for ln in out.stdout.splitlines() if ln.startswith("RESULT ")]
     if out.returncode or not line:
@@ -292,6 +301,7 @@ def _print_report(rows: list[dict], args: argparse.Namespace) -> None:
         + f"; config {args.config}, "
         f"{args.steps} DDIM steps, CFG {args.guidance}, {args.dtype}; {len(rounds)} round(s), "
         f"median of {args.repeats} timed calls per row"
+        + ("; JAX with Flax's own GroupNorm (--fast-norm off)" if getattr(args, "fast_norm", "on") == "off" else "")
         + (" (table: medians over rounds)" if len(rounds) > 1 else "")
         + "\n"
     )

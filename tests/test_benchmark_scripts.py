@@ -34,12 +34,16 @@ def test_benchmark_sampler_prints_a_row_per_setting(tmp_path):
     assert (model / "model_index.json").is_file() and not (tmp_path / "model.partial").exists()
     assert f"built the tiny model in {model}" in proc.stderr
 
-    # a second run reuses the kept model instead of building another
+    assert all(r["fast_norm"] == ("on" if r["framework"] == "jax" else None) for r in rows)
+
+    # a second run reuses the kept model instead of building another (here with Flax's own GroupNorm)
     cmd = [sys.executable, str(SCRIPT), "--model-out", str(model), "--frameworks", "jax", "--jax-cpu-devices", "1"]
-    cmd += ["--batches", "1", "--steps", "1", "--repeats", "1"]
+    cmd += ["--batches", "1", "--steps", "1", "--repeats", "1", "--fast-norm", "off", "--json", str(rows_file)]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert f"reusing the model in {model}" in proc.stderr and "| jax | 1 CPU device | 1 |" in proc.stdout
+    assert "JAX with Flax's own GroupNorm" in proc.stdout
+    assert [r["fast_norm"] for r in json.loads(rows_file.read_text())] == ["off"]
     # ... but never for another --config
     proc = subprocess.run(
         [sys.executable, str(SCRIPT), "--model-out", str(model), "--config", "sd15"],
