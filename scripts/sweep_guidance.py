@@ -12,6 +12,7 @@ them is in the evaluation sets), sample ``--num-images`` x_T ~ N(0, I) (the same
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 
 
@@ -35,7 +36,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     from find_jax.models import load_model
     from find_jax.optimize import model_defaults
-    from find_jax.sampler import make_environment
+    from find_jax.sampler import encode_prompts, make_environment, make_text_encoder
     from find_jax.shapes import evaluation as ev
 
     model = load_model(None)
@@ -43,13 +44,16 @@ def main(argv: list[str] | None = None) -> dict:
     groups = {"common": ev.TUNING_COMMON, "rare": ev.TUNING}
     key = jax.random.PRNGKey(a.seed)
     result = {"num_images": a.num_images, "seed": a.seed, "steps": steps, "scales": {}}
+    encode_fn = make_text_encoder(model)
     for g in scales:
         per_prompt = {}
+        env = make_environment(model, ev.TUNING_COMMON[0], steps=steps, guidance=g)  # one compiled sampler per scale
+        x = jax.random.normal(key, (a.num_images, *env.latent_shape))
         for prompts in groups.values():
             for prompt in prompts:
-                env = make_environment(model, prompt, steps=steps, guidance=g)
-                x = jax.random.normal(key, (a.num_images, *env.latent_shape))
-                per_prompt[prompt] = float(ev.score_images(np.asarray(env(x, key)), prompt).exact.mean())
+                cond = encode_prompts(model, [prompt], encode_fn=encode_fn)
+                prompt_env = dataclasses.replace(env, prompts=[prompt], cond=cond)  # same sampler, same params
+                per_prompt[prompt] = float(ev.score_images(np.asarray(prompt_env(x, key)), prompt).exact.mean())
         means = {name: float(np.mean([per_prompt[q] for q in prompts])) for name, prompts in groups.items()}
         result["scales"][f"{g:g}"] = {"prompts": per_prompt, **means}
         print(f"CFG {g:g}: common {means['common']:.3f}  rare {means['rare']:.3f}", flush=True)
