@@ -8,10 +8,13 @@
 # The GPU image this project is lent has JAX, flax, optax, orbax, torch and safetensors, but transformers 5
 # (no Flax models), huggingface_hub 1.x and tokenizers 0.23 (both refused by transformers 4.57) and no
 # diffusers; `run` installs the fetched wheels into a private folder ahead of those on PYTHONPATH and runs the
-# project from the checkout (no pip install of the project: its jax pin is the CPU machine's, not the GPU
-# image's). The SD1.5-sized model is built once into .gpu_model_sd15/ (git-ignored) and reused by the next `run`
-# on the same machine, so `run bfloat16` then `run float32` build it only once. Each `run` (JAX and PyTorch,
-# batch 1 and 8, 2 timed calls each) is meant to fit one 10-minute device call: an estimate, not yet measured.
+# project from the checkout (no pip install of the project: with no network, pip could not resolve its
+# dependencies there, and the checkout on PYTHONPATH is all it needs). The SD1.5-sized model is built once
+# into .gpu_model_sd15/ (git-ignored) and reused by the next `run` on the same machine, so `run bfloat16` then
+# `run float32` build it only once. Each `run` (JAX and PyTorch, batch 1 and 8, 2 timed calls each) is meant
+# to fit one 10-minute device call: an estimate, not yet measured.
+# That image's Python 3.12 / jax 0.11 stack was never run here, but its nearest CPU twin was: the test suite and
+# `FIND_JAX_GPU_CONFIG=tiny ... run bfloat16` pass under scripts/newer_stack_check.sh (Python 3.13, jax 0.11.2).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 WHEELS=.whl
