@@ -41,7 +41,14 @@ case "${1:-}" in
     }
     mkdir -p "$out"
     if [ ! -f "$SITE/.complete" ]; then
+      # Start over only in a folder this script made (marker) or an empty one: never delete anything else.
+      if [ -d "$SITE" ] && [ ! -f "$SITE/.find-jax-site" ] && [ -n "$(ls -A "$SITE")" ]; then
+        echo "$SITE holds files this script did not write; set FIND_JAX_GPU_SITE to an empty or new folder" >&2
+        exit 2
+      fi
       rm -rf "$SITE"
+      mkdir -p "$SITE"
+      touch "$SITE/.find-jax-site"
       "$PY" -m pip install -q --no-deps --no-index --target "$SITE" "$WHEELS"/*.whl
       touch "$SITE/.complete"
     fi

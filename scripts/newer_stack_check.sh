@@ -27,8 +27,14 @@ LIBS=$ROOT/usr/lib/x86_64-linux-gnu
 VENV=$DIR/venv
 
 if [ ! -f "$DIR/.complete" ]; then
+  # Start over only in a folder this script made (marker) or an empty one: never delete anything else.
+  if [ -d "$DIR" ] && [ ! -f "$DIR/.find-jax-newer" ] && [ -n "$(ls -A "$DIR")" ]; then
+    echo "$DIR holds files this script did not write; name an empty or new folder as DIR" >&2
+    exit 2
+  fi
   rm -rf "$DIR"
   mkdir -p "$DIR/lists/partial" "$DIR/debs" "$ROOT" "$DIR/tools"
+  touch "$DIR/.find-jax-newer"
   echo "deb [trusted=yes] http://deb.debian.org/debian trixie main" >"$DIR/sources.list"
   apt_opts=(-oDir::Etc::SourceList="$DIR/sources.list" -oDir::Etc::SourceParts=/dev/null
     -oDir::State::Lists="$DIR/lists" -oAPT::Architecture=amd64)
