@@ -17,8 +17,8 @@
 # `FIND_JAX_GPU_CONFIG=tiny ... run bfloat16` pass under scripts/newer_stack_check.sh (Python 3.13, jax 0.11.2).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-WHEELS=.whl
-SITE=${FIND_JAX_GPU_SITE:-/tmp/find-jax-site}
+WHEELS=${FIND_JAX_GPU_WHEELS:-.whl}  # where `fetch` writes and `run` reads the wheels
+SITE=${FIND_JAX_GPU_SITE:-/tmp/find-jax-site}  # where `run` installs them (a folder it made, or empty)
 PY=${PYTHON:-python3}
 CONFIG=${FIND_JAX_GPU_CONFIG:-sd15}  # "tiny" for a quick dry run of this script on a CPU machine
 
