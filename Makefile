@@ -15,7 +15,8 @@ install: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	# torch is pinned to the CPU build 2.13.0 by the test extra (a bare `torch` pulls a multi-GB CUDA build).
+	# torch is pinned to 2.13.0 by the test extra: the CPU build on this project's machines and CI (a bare `torch`
+	# pulls a multi-GB CUDA build; elsewhere pre-install the CPU wheel into .venv, see README).
 	$(BIN)/python -m pip install -q -e ".[test]"
 	touch $@
 

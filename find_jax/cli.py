@@ -16,7 +16,8 @@ def _add_model_flags(p: argparse.ArgumentParser) -> None:
         "--model",
         default=None,
         help="diffusers-format model directory, or a hub id already in the local Hugging Face cache (nothing is "
-        "downloaded). Default: the shapes-world model shipped with the package.",
+        "downloaded). Default: the shapes-world model shipped with the package; with --workdir (sample, evaluate) "
+        "each run's own.",
     )
     g.add_argument(
         "--weights",
@@ -25,7 +26,11 @@ def _add_model_flags(p: argparse.ArgumentParser) -> None:
         help="which weight files to read: Flax msgpack, PyTorch .safetensors/.bin, or auto (Flax first)",
     )
     g.add_argument(
-        "--dtype", default="float32", choices=("float32", "bfloat16"), help="float32 (CPU) or bfloat16 (GPU)"
+        "--dtype",
+        default=None,
+        choices=("float32", "bfloat16"),
+        help="float32 (CPU) or bfloat16 (GPU). Default: float32 (optimize: the model's recommendation, else "
+        "float32); with --workdir (sample, evaluate) each run's own",
     )
     g.add_argument(
         "--cache-dir",
@@ -262,17 +267,28 @@ def cmd_optimize(args: argparse.Namespace) -> int:
     if args.no_rca:
         overrides["use_rca"] = False
     config = make_config(args.preset, **overrides)
+    model = _load_for_config(config, args.weights)
     if args.prompts_file is not None:
-        return _optimize_prompt_set(args, config)
+        return _optimize_prompt_set(args, config, model)
     workdir = Path(args.workdir or Path("runs") / _slug(args.prompt))
     log.info("FIND %s preset, %d iterations, reward %s -> %s", args.preset, config.iterations, config.reward, workdir)
-    state = run(config, workdir, progress=not args.quiet)
+    state = run(config, workdir, progress=not args.quiet, model=model)
     summary = write_run_report(workdir)
     log.info("done: step %d, %s", int(state.step), summary)
     return 0
 
 
-def _optimize_prompt_set(args: argparse.Namespace, config) -> int:
+def _load_for_config(config, weights: str):
+    """The model for ``config`` read from the ``--weights`` files asked for; None for ``auto`` (the runner loads
+    it then, as the library does)."""
+    if weights == "auto":
+        return None
+    from find_jax.models import load_model
+
+    return load_model(config.model, dtype=config.dtype, weights=weights)
+
+
+def _optimize_prompt_set(args: argparse.Namespace, config, model=None) -> int:
     from find_jax.batch import batch_summary, run_batch
     from find_jax.prompts import read_prompts
 
@@ -291,7 +307,7 @@ def _optimize_prompt_set(args: argparse.Namespace, config) -> int:
         config.reward,
         workdir,
     )
-    result = run_batch(config, items, workdir, batch_prompts=batch_prompts, progress=not args.quiet)
+    result = run_batch(config, items, workdir, batch_prompts=batch_prompts, progress=not args.quiet, model=model)
     log.info("done: %s", batch_summary(result))
     if result.failed:
         for r in result.failed:
@@ -328,7 +344,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if args.model is not None:
         from find_jax.models import load_model
 
-        model = load_model(args.model, dtype=args.dtype, weights=args.weights)
+        model = load_model(args.model, dtype=args.dtype or "float32", weights=args.weights)
     report = evaluate(
         args.workdir,
         rewards=rewards,
@@ -340,6 +356,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         progress=not args.quiet,
         model=model,
         reward_options=options,
+        dtype=args.dtype,
+        weights=args.weights,
     )
     out = Path(args.out) if args.out else Path(args.workdir) / "eval"
     for c in report["categories"]:
@@ -391,8 +409,16 @@ def cmd_sample(args: argparse.Namespace) -> int:
     if args.workdir is not None:
         from find_jax.optimize import sample_from_run
 
+        if args.latents:
+            raise ValueError(
+                "--latents cannot be combined with --workdir: the latents are drawn from the run's learned "
+                "distribution (drop --workdir to sample from given latents)"
+            )
         images, latents, meta = sample_from_run(
             args.workdir,
+            model_spec=args.model,
+            dtype=args.dtype,
+            weights=args.weights,
             num_images=args.num_images or 1,
             seed=args.seed,
             prompt=args.prompt,
@@ -411,7 +437,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
         raise SystemExit("find-jax sample: --prompt is required (or --workdir of a FIND run)")
     from find_jax.optimize import model_defaults
 
-    model = load_model(args.model, dtype=args.dtype, weights=args.weights)
+    model = load_model(args.model, dtype=args.dtype or "float32", weights=args.weights)
     recommended = {"steps": 50, "guidance": 7.5, "eta": 0.0, **model_defaults(args.model)}
     request = SampleRequest(
         prompt=args.prompt,
@@ -432,6 +458,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
     meta = {
         "model": model.source,
         "fingerprint": model.fingerprint,
+        "dtype": args.dtype or "float32",
         **vars(request),
         "latents_file": args.latents,
     }

@@ -123,8 +123,10 @@ def optimisation_time_s(run_dir: str | Path) -> tuple[float, int]:
 class _Samplers:
     """Loaded models and compiled samplers, shared by every run that uses the same settings."""
 
-    def __init__(self, model: Any = None):
+    def __init__(self, model: Any = None, *, dtype: str | None = None, weights: str = "auto"):
         self.given = model
+        self.dtype = dtype  # None: each run's config.dtype
+        self.weights = weights
         self.models: dict[tuple, Any] = {}
         self.samplers: dict[tuple, Any] = {}
         self.encoders: dict[int, Any] = {}
@@ -142,9 +144,9 @@ class _Samplers:
             return self.given
         from find_jax.models import load_model
 
-        key = (config.model, config.dtype)
+        key = (config.model, self.dtype or config.dtype)
         if key not in self.models:
-            self.models[key] = load_model(config.model, dtype=config.dtype)
+            self.models[key] = load_model(config.model, dtype=key[1], weights=self.weights)
         return self.models[key]
 
     def environment(self, config):
@@ -238,13 +240,16 @@ def evaluate(
     model: Any = None,
     reward_options: dict[str, dict[str, Any]] | None = None,
     reward_fns: dict[str, Callable] | None = None,
+    dtype: str | None = None,
+    weights: str = "auto",
 ) -> dict[str, Any]:
     """Evaluates every run of ``workdir`` (see the module doc); writes ``OUT`` and returns the report dict.
 
     rewards: reward names (``"a,b"`` or a list); reward_options: ``{name: {option: value}}`` for the reward
     factories; reward_fns: prebuilt ``{name: reward_fn}`` instead (tests);
-    model: a loaded model to use instead of each run's ``config.model``. Runs without a checkpoint are listed
-    with status ``not optimised`` and left out of the statistics. An ``OUT`` that already holds an
+    model: a loaded model to use instead of each run's ``config.model``; otherwise each run's model is loaded
+    with ``dtype`` (default: the run's) from the ``weights`` files (see :func:`load_model`). Runs without a
+    checkpoint are listed with status ``not optimised`` and left out of the statistics. An ``OUT`` that already holds an
     evaluation raises ``FileExistsError`` unless ``overwrite``.
     """
     from find_jax.batch import STATUS_FILE
@@ -274,7 +279,7 @@ def evaluate(
     if missing:
         raise ValueError(f"no reward function for {missing}")
     (out / GRID_DIR).mkdir(parents=True, exist_ok=True)
-    samplers = _Samplers(model)
+    samplers = _Samplers(model, dtype=dtype, weights=weights)
     rows = []
     bar = ProgressBar(len(entries), desc="evaluate", quiet=not progress)
     for entry, (config, record) in zip(entries, runs, strict=True):

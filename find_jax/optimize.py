@@ -91,19 +91,25 @@ def sample_from_run(
     seed: int,
     prompt: str | None = None,
     batch_size: int = 8,
+    model_spec: str | None = None,
+    dtype: str | None = None,
+    weights: str = "auto",
     **sampler_overrides: Any,
 ) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
     """Images from the learned N(mu, sigma^2) of a FIND run: ``(images, latents, meta)``.
 
-    The model, prompt and sampler settings are the run's unless overridden (``steps``, ``guidance``, ``eta``,
-    ``negative_prompt``, ``height``/``width`` must match the run's latent shape).
+    The model, prompt and sampler settings are the run's unless overridden: ``model_spec`` (the run's model
+    at another path; other weights only warn, another latent shape is refused), ``dtype``, ``weights``
+    (which files :func:`load_model` reads), ``steps``, ``guidance``, ``eta``, ``negative_prompt``,
+    ``height``/``width`` (must give the run's latent shape).
     """
     from find_jax.sampling import SampleRequest, sample_images
     from find_jax.trainer import load_state, read_run, sample_from_state
 
     config, record = read_run(workdir)
     state = load_state(workdir)
-    model = load_model(config.model, dtype=config.dtype)
+    dtype = dtype or config.dtype
+    model = load_model(model_spec if model_spec is not None else config.model, dtype=dtype, weights=weights)
     if model.fingerprint != record.get("weights_hash", model.fingerprint):
         log.warning("the model's weights differ from the run's (%s): samples may not match", record["weights_hash"])
     fields = {k: v for k, v in sampler_overrides.items() if v is not None}
@@ -124,5 +130,5 @@ def sample_from_run(
         raise ValueError(f"the run learned latents {tuple(state.policy.mu.shape)}; this size needs {shape}")
     latents = np.asarray(sample_from_state(state, jax.random.PRNGKey(seed), num_images), np.float32)
     images, latents = sample_images(model, request, latents)
-    meta = {"workdir": str(workdir), "step": int(state.step), "model": model.source, **vars(request)}
+    meta = {"workdir": str(workdir), "step": int(state.step), "model": model.source, "dtype": dtype, **vars(request)}
     return images, latents, meta

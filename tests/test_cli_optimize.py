@@ -128,3 +128,40 @@ def test_bad_optimize_inputs(tiny_sd_dir, tmp_path, capsys):
     assert main([*base, "--prompt", "x", "--reward", "brightness", "--workdir", str(tmp_path / "c")]) == 2
     assert (tmp_path / "c" / "precious.txt").read_text() == "keep me"
     assert main(["export", "--workdir", str(tmp_path / "c"), "--out", str(tmp_path / "x.npz")]) == 2
+
+
+def test_optimize_reads_the_weights_asked_for(tiny_sd_bin_dir, tmp_path, capsys):
+    """--weights reaches the loader (it used to be parsed and ignored): Flax weights asked of a model that ships
+    only PyTorch .bin files are refused before anything is written, for one prompt and for a prompt set."""
+    base = ["optimize", "--model", str(tiny_sd_bin_dir), "--weights", "flax", "--reward", "brightness"]
+    base += ["--preset", "tiny", "--iterations", "1", "--cache-dir", "off", "--quiet"]
+    assert main([*base, "--prompt", "x", "--workdir", str(tmp_path / "one")]) == 2
+    assert "diffusion_flax_model.msgpack" in capsys.readouterr().err
+    (tmp_path / "p.txt").write_text("a red cat\n")
+    assert main([*base, "--prompts-file", str(tmp_path / "p.txt"), "--workdir", str(tmp_path / "set")]) == 2
+    assert "diffusion_flax_model.msgpack" in capsys.readouterr().err
+    assert not (tmp_path / "one").exists() and not (tmp_path / "set").exists()
+
+
+def test_sample_from_run_honours_model_dtype_and_weights(run_dir, tiny_sd_bin_dir, tmp_path, capsys):
+    workdir, _ = run_dir
+    base = ["sample", "--workdir", str(workdir), "--num-images", "2", "--seed", "1", "--cache-dir", "off"]
+    assert main([*base, "--out", str(tmp_path / "f32")]) == 0
+    # The run's model at another path (the same weights as PyTorch .bin), sampled in bf16.
+    assert main([*base, "--model", str(tiny_sd_bin_dir), "--dtype", "bfloat16", "--out", str(tmp_path / "bf16")]) == 0
+    f32, bf16 = (json.loads((tmp_path / d / "sample.json").read_text()) for d in ("f32", "bf16"))
+    assert f32["dtype"] == "float32" and bf16["dtype"] == "bfloat16"
+    assert bf16["model"] == str(tiny_sd_bin_dir) and f32["model"] != bf16["model"]
+    np.testing.assert_array_equal(np.load(tmp_path / "bf16" / "latents.npy"), np.load(tmp_path / "f32" / "latents.npy"))
+    a, b = np.load(tmp_path / "f32" / "images.npy"), np.load(tmp_path / "bf16" / "images.npy")
+    assert not np.array_equal(a, b)  # bf16 really ran
+    assert np.abs(a - b).max() < 0.1  # ... on the same model and latents
+    # Flax weights asked of the .bin-only copy: refused, nothing written.
+    assert main([*base, "--model", str(tiny_sd_bin_dir), "--weights", "flax", "--out", str(tmp_path / "x")]) == 2
+    assert "diffusion_flax_model.msgpack" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()
+    # Given latents contradict a learned distribution: refused with the reason.
+    np.save(tmp_path / "l.npy", np.zeros((2, 4, 8, 8), np.float32))
+    assert main([*base, "--latents", str(tmp_path / "l.npy"), "--out", str(tmp_path / "y")]) == 2
+    assert "--latents cannot be combined with --workdir" in capsys.readouterr().err
+    assert not (tmp_path / "y").exists()

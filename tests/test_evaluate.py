@@ -143,6 +143,31 @@ def test_evaluate_lists_runs_without_checkpoint(batch_dir, evaluated, tmp_path):
     assert report["categories"][-1]["prompts"] == 2
 
 
+def test_evaluate_loads_each_runs_model_with_dtype_and_weights(
+    batch_dir, tiny_sd_bin_dir, tmp_path, monkeypatch, capsys
+):
+    """--dtype and --weights reach the loader of the runs' own model (without --model they used to be ignored)."""
+    import find_jax.models as models
+
+    seen = []
+    real = models.load_model
+
+    def spy(spec=None, **kwargs):
+        seen.append((str(spec), kwargs.get("dtype"), kwargs.get("weights")))
+        return real(spec, **kwargs)
+
+    monkeypatch.setattr(models, "load_model", spy)
+    args = ["evaluate", "--workdir", str(batch_dir), "--reward", "brightness", "--num-images", "1"]
+    args += ["--batch-size", "1", "--cache-dir", "off", "--quiet"]
+    assert main([*args, "--dtype", "bfloat16", "--weights", "pt", "--out", str(tmp_path / "e")]) == 0
+    assert seen == [(seen[0][0], "bfloat16", "pt")]  # one model, shared by every run, loaded as asked
+    assert (tmp_path / "e" / "eval.json").is_file()
+    # With --model: Flax weights asked of a .bin-only copy are refused.
+    bad = [*args, "--model", str(tiny_sd_bin_dir), "--weights", "flax", "--out", str(tmp_path / "f")]
+    assert main(bad) == 2
+    assert "diffusion_flax_model.msgpack" in capsys.readouterr().err
+
+
 def test_each_prompt_directory_works_with_export(batch_dir, tmp_path):
     assert main(["export", "--workdir", str(batch_dir / "002-a-blue-bird"), "--out", str(tmp_path / "d.npz")]) == 0
     assert np.load(tmp_path / "d.npz")["mu"].shape == (4, 8, 8)
