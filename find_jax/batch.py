@@ -691,8 +691,11 @@ def run_batch(
     progress: bool = False,
     model=None,
     devices: Sequence[jax.Device] | None = None,
+    weights: str = "auto",
 ) -> BatchResult:
     """FIND over ``prompts`` on ``config.model`` with ``config.reward`` (``find-jax optimize --prompts-file``).
+
+    ``model``: the loaded model to use; else ``config.model`` is loaded from its ``weights`` files.
 
     Loads the model and reward once, shards groups of ``batch_prompts`` prompts over ``devices``, and writes
     each finished prompt's ``reward_curve.png`` and ``final_samples.png`` (:func:`find_jax.report.write_run_report`).
@@ -703,7 +706,7 @@ def run_batch(
     from reward_models import make_reward
 
     reward_fn = make_reward(config.reward, **dict(config.reward_options))
-    model = model or load_model(config.model, dtype=config.dtype)
+    model = model or load_model(config.model, dtype=config.dtype, weights=weights)
     p_size = max(1, min(batch_prompts, len(prompts)))
     mesh = make_prompt_mesh(p_size, devices)
     env_factory = make_sd_env_factory(model, config, mesh)

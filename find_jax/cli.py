@@ -267,28 +267,17 @@ def cmd_optimize(args: argparse.Namespace) -> int:
     if args.no_rca:
         overrides["use_rca"] = False
     config = make_config(args.preset, **overrides)
-    model = _load_for_config(config, args.weights)
     if args.prompts_file is not None:
-        return _optimize_prompt_set(args, config, model)
+        return _optimize_prompt_set(args, config)
     workdir = Path(args.workdir or Path("runs") / _slug(args.prompt))
     log.info("FIND %s preset, %d iterations, reward %s -> %s", args.preset, config.iterations, config.reward, workdir)
-    state = run(config, workdir, progress=not args.quiet, model=model)
+    state = run(config, workdir, progress=not args.quiet, weights=args.weights)
     summary = write_run_report(workdir)
     log.info("done: step %d, %s", int(state.step), summary)
     return 0
 
 
-def _load_for_config(config, weights: str):
-    """The model for ``config`` read from the ``--weights`` files asked for; None for ``auto`` (the runner loads
-    it then, as the library does)."""
-    if weights == "auto":
-        return None
-    from find_jax.models import load_model
-
-    return load_model(config.model, dtype=config.dtype, weights=weights)
-
-
-def _optimize_prompt_set(args: argparse.Namespace, config, model=None) -> int:
+def _optimize_prompt_set(args: argparse.Namespace, config) -> int:
     from find_jax.batch import batch_summary, run_batch
     from find_jax.prompts import read_prompts
 
@@ -307,7 +296,9 @@ def _optimize_prompt_set(args: argparse.Namespace, config, model=None) -> int:
         config.reward,
         workdir,
     )
-    result = run_batch(config, items, workdir, batch_prompts=batch_prompts, progress=not args.quiet, model=model)
+    result = run_batch(
+        config, items, workdir, batch_prompts=batch_prompts, progress=not args.quiet, weights=args.weights
+    )
     log.info("done: %s", batch_summary(result))
     if result.failed:
         for r in result.failed:

@@ -47,9 +47,10 @@ def make_config(preset: str = "paper", **overrides: Any) -> FindConfig:
     return get_preset(preset, **{**defaults, **{k: v for k, v in overrides.items() if v is not None}})
 
 
-def build_environment(config: FindConfig, model: DiffusionModel | None = None):
-    """``(model, env)`` for ``config``: the frozen model and the jitted sampler for ``config.prompt``."""
-    model = model or load_model(config.model, dtype=config.dtype)
+def build_environment(config: FindConfig, model: DiffusionModel | None = None, *, weights: str = "auto"):
+    """``(model, env)`` for ``config``: the frozen model (read from the ``weights`` files, see :func:`load_model`,
+    unless given) and the jitted sampler for ``config.prompt``."""
+    model = model or load_model(config.model, dtype=config.dtype, weights=weights)
     env = make_environment(
         model,
         config.prompt,
@@ -63,13 +64,22 @@ def build_environment(config: FindConfig, model: DiffusionModel | None = None):
     return model, env
 
 
-def run(config: FindConfig, workdir: str | Path, *, progress: bool = False, model: DiffusionModel | None = None):
-    """Runs (or resumes) FIND for ``config`` in ``workdir``; returns the final :class:`FindState`."""
+def run(
+    config: FindConfig,
+    workdir: str | Path,
+    *,
+    progress: bool = False,
+    model: DiffusionModel | None = None,
+    weights: str = "auto",
+):
+    """Runs (or resumes) FIND for ``config`` in ``workdir``; returns the final :class:`FindState`.
+
+    ``model``: the loaded model to use; else ``config.model`` is loaded from its ``weights`` files."""
     from find_jax import trainer
     from reward_models import make_reward
 
     reward_fn = make_reward(config.reward, **dict(config.reward_options))
-    model, env = build_environment(config, model)
+    model, env = build_environment(config, model, weights=weights)
     embedding = pooled_embedding(model, config.prompt) if config.drcm_text_conditioned else None
     return trainer.optimize(
         config,
