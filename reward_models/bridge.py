@@ -3,8 +3,9 @@
 The reward models that only exist in PyTorch (aesthetic, PickScore, ImageReward) receive the sampler's
 images ``[B, H, W, 3]`` (a ``jax.Array``) without a copy: :func:`jax_to_torch` hands the same device buffer
 to PyTorch through DLPack (CPU here, CUDA on a GPU machine), :func:`preprocess_images` resizes and
-normalises on that device, and :func:`torch_to_jax` returns the scores the same way. Nothing goes through
-PIL, numpy round trips or files. A tensor that would have to change device is refused with
+normalises on that device (by default as PIL does it on 8-bit images, bit for bit:
+:mod:`reward_models.pil_resize`), and :func:`torch_to_jax` returns the scores the same way. Nothing goes
+through PIL, numpy round trips or files. A tensor that would have to change device is refused with
 :class:`DeviceMismatchError` rather than copied silently.
 
 A ``jax.Array`` sharded over several devices (a batch run shards the prompt axis with a ``Mesh``) has no
@@ -50,7 +51,10 @@ class ImagePreprocess:
     mean: tuple[float, float, float]  # per-channel mean subtracted after scaling to [0, 1]
     std: tuple[float, float, float]  # per-channel std divided by after subtracting the mean
     interpolation: str = "bicubic"  # "bicubic" or "bilinear" (PIL's filter of the original processor)
-    antialias: bool = True  # PIL filters antialias when downscaling; True reproduces that
+    antialias: bool = True  # float path only: PIL filters antialias when downscaling; True reproduces that
+    # True: round to 8 bits and resize exactly as PIL does (reward_models.pil_resize), as the original
+    # processors do on PIL images; False: a float kernel (within ~1 grey level of PIL)
+    pil_uint8: bool = True
 
 
 def clip_preprocess(size: int = 224) -> ImagePreprocess:
@@ -92,6 +96,7 @@ def read_preprocess_config(directory: str | Path | None, default: ImagePreproces
         std=tuple(float(v) for v in cfg.get("image_std", default.std)),  # type: ignore[arg-type]
         interpolation=_PIL_RESAMPLE[resample],
         antialias=default.antialias,
+        pil_uint8=default.pil_uint8,
     )
 
 
@@ -259,6 +264,7 @@ def preprocess_images(
     crop_size: int | None = None,
     interpolation: str = "bicubic",
     antialias: bool = True,
+    pil_uint8: bool = False,
     dtype: torch.dtype | None = None,
 ) -> torch.Tensor:
     """Resize + centre crop + normalise on the tensor's own device (the CLIP/BLIP processor on tensors).
@@ -273,6 +279,9 @@ def preprocess_images(
       antialias: ``True`` reproduces PIL's antialiased downscaling (torch's antialiased kernels use PIL's
         cubic a=-0.5). Versus PIL's float ("F") mode this agrees to ~1e-5; versus the 8-bit PIL path of the
         original processors it differs by about one grey level (PIL rounds to uint8 between its two passes).
+      pil_uint8: round the images to 8 bits and resize them exactly as PIL does
+        (:func:`reward_models.pil_resize.pil_resize`, bit for bit), as the original processors, which are
+        given 8-bit PIL images; ``antialias`` is then moot (PIL always antialiases).
       dtype: dtype of the result (default float32); the arithmetic is done in float32.
 
     Returns:
@@ -286,12 +295,18 @@ def preprocess_images(
     if interpolation not in ("bicubic", "bilinear"):
         raise ValueError(f"interpolation must be 'bicubic' or 'bilinear', got {interpolation!r}")
     crop = size if crop_size is None else int(crop_size)
-    x = images.permute(0, 3, 1, 2).to(torch.float32)  # [B, 3, H, W] (a view until the cast)
-    h, w = x.shape[-2:]
+    h, w = images.shape[1:3]
     out_h, out_w = resize_shortest_edge_size(h, w, size)
-    if (out_h, out_w) != (h, w):
-        x = F.interpolate(x, size=(out_h, out_w), mode=interpolation, antialias=antialias, align_corners=False)
-        x = x.clamp(0.0, 1.0)  # the original processors resize 8-bit images, which clip overshoot
+    if pil_uint8:
+        from reward_models.pil_resize import pil_resize, to_uint8
+
+        x = to_uint8(images).permute(0, 3, 1, 2)  # [B, 3, H, W] uint8
+        x = pil_resize(x, (out_h, out_w), interpolation).to(torch.float32) / 255.0
+    else:
+        x = images.permute(0, 3, 1, 2).to(torch.float32)  # [B, 3, H, W] (a view until the cast)
+        if (out_h, out_w) != (h, w):
+            x = F.interpolate(x, size=(out_h, out_w), mode=interpolation, antialias=antialias, align_corners=False)
+            x = x.clamp(0.0, 1.0)  # the original processors resize 8-bit images, which clip overshoot
     if crop > out_h or crop > out_w:
         raise ValueError(f"crop {crop} is larger than the resized image {out_h}x{out_w}")
     top, left = (out_h - crop) // 2, (out_w - crop) // 2
@@ -312,6 +327,7 @@ def preprocess_with(images: torch.Tensor, cfg: ImagePreprocess, dtype: Any = Non
         crop_size=cfg.crop_size,
         interpolation=cfg.interpolation,
         antialias=cfg.antialias,
+        pil_uint8=cfg.pil_uint8,
         dtype=dtype,
     )
 

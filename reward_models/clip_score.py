@@ -7,8 +7,8 @@ cosine in [-1, 1]. Default weights: ``openai/clip-vit-large-patch14`` (the CLIP-
 a local directory or the local hub cache, Flax (``flax_model.msgpack``) or PyTorch weights (converted).
 
 Everything after tokenisation runs jitted on the images' device: the preprocessing (bicubic shortest-edge
-resize with antialiasing like PIL, centre crop, CLIP mean/std) and both encoders. The params are an
-argument of the jitted function, not baked into it.
+resize done as PIL does it on 8-bit images, bit for bit, centre crop, CLIP mean/std) and both encoders. The
+params are an argument of the jitted function, not baked into it.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ from reward_models.bridge import (
     read_preprocess_config,
     resize_shortest_edge_size,
 )
+from reward_models.pil_resize import pil_resize_jax
 from reward_models.registry import RewardFn, register
 from reward_models.weights import clip_tokenizer_files, resolve_weights, transformers_files
 
@@ -39,14 +40,19 @@ _JAX_METHOD = {"bicubic": "bicubic", "bilinear": "linear"}
 def preprocess_jax(images: jax.Array, cfg: ImagePreprocess) -> jax.Array:
     """The CLIP processor in JAX: ``images: [B, H, W, 3]`` in [0, 1] -> ``pixel_values: [B, 3, S, S]``.
 
-    Shortest-edge resize to ``cfg.size`` (long edge rounded down; skipped when already there), clipped to
-    [0, 1] as PIL's 8-bit output is, centre crop ``cfg.crop_size``, then ``(x - mean) / std``.
-    ``jax.image.resize`` uses the same antialiased Keys cubic (a = -0.5) as PIL.
+    Shortest-edge resize to ``cfg.size`` (long edge rounded down; skipped when already there), centre crop
+    ``cfg.crop_size``, then ``(x - mean) / std``. With ``cfg.pil_uint8`` (default) the images are rounded to
+    8 bits and resized in PIL's fixed point, bit for bit (:func:`reward_models.pil_resize.pil_resize_jax`);
+    otherwise ``jax.image.resize`` (the same antialiased Keys cubic, a = -0.5, in float) clipped to [0, 1].
     """
     b, h, w, _ = images.shape
     x = images.astype(jnp.float32)
     out_h, out_w = resize_shortest_edge_size(h, w, cfg.size)
-    if (out_h, out_w) != (h, w):
+    if cfg.pil_uint8:  # 8-bit, PIL's integer resample bit for bit, as the original processor on PIL images
+        levels = jnp.round(jnp.clip(x, 0.0, 1.0) * 255.0).astype(jnp.int32)
+        levels = pil_resize_jax(jnp.transpose(levels, (0, 3, 1, 2)), (out_h, out_w), cfg.interpolation)
+        x = jnp.transpose(levels, (0, 2, 3, 1)).astype(jnp.float32) / 255.0
+    elif (out_h, out_w) != (h, w):
         method = _JAX_METHOD[cfg.interpolation]
         x = jax.image.resize(x, (b, out_h, out_w, 3), method=method, antialias=cfg.antialias)
         x = jnp.clip(x, 0.0, 1.0)
