@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 from flax.traverse_util import flatten_dict, unflatten_dict
 
+from find_jax.envs.loading import ModelLoadError
 from find_jax.envs.video.unet3d import UNet3DConfig, unet3d_param_shapes
 
 _WEIGHT_RULES = {
@@ -33,7 +34,7 @@ _WEIGHT_RULES = {
 }
 
 
-class UNet3DWeightsError(ValueError):
+class UNet3DWeightsError(ModelLoadError):
     """A torch state dict does not fit the UNet3D config: lists unmapped, missing and wrongly-shaped keys."""
 
 
