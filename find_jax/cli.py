@@ -42,20 +42,26 @@ def _add_model_flags(p: argparse.ArgumentParser) -> None:
 
 def _add_sampler_flags(p: argparse.ArgumentParser, *, suffix: str) -> None:
     """Sampler flags. Their defaults are None and resolved by the subcommand; ``suffix`` says how (in --help)."""
+    from find_jax.envs.base import SAMPLER_DEFAULTS as D
+
     g = p.add_argument_group("sampler")
     g.add_argument(
-        "--negative-prompt", default="", help="negative prompt for classifier-free guidance (default: empty)"
+        "--negative-prompt", default=None, help="negative prompt for classifier-free guidance (default: empty)"
     )
-    g.add_argument("--steps", type=int, default=None, help=f"DDIM steps (default 50{suffix})")
-    g.add_argument("--guidance", type=float, default=None, help=f"classifier-free guidance scale (default 7.5{suffix})")
+    g.add_argument("--steps", type=int, default=None, help=f"DDIM steps (default {D.steps}{suffix})")
     g.add_argument(
-        "--eta", type=float, default=None, help=f"DDIM eta: 0 deterministic, 1 DDPM-like (default 0{suffix})"
+        "--guidance", type=float, default=None, help=f"classifier-free guidance scale (default {D.guidance}{suffix})"
+    )
+    g.add_argument(
+        "--eta", type=float, default=None, help=f"DDIM eta: 0 deterministic, 1 DDPM-like (default {D.eta:g}{suffix})"
     )
     g.add_argument("--height", type=int, default=None, help="image height in pixels (default: the model's)")
     g.add_argument("--width", type=int, default=None, help="image width in pixels (default: the model's)")
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from find_jax.config import PRESETS
+
     parser = argparse.ArgumentParser(
         prog="find-jax",
         description="FIND: fine-tune the initial noise distribution of a frozen diffusion model with policy "
@@ -128,7 +134,7 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument(
         "--preset",
         default="paper",
-        choices=("paper", "official", "tiny"),
+        choices=tuple(PRESETS),
         help="paper: the paper's method (default); official: the public PyTorch code's behaviour; "
         "tiny: a few iterations for smoke tests",
     )
@@ -164,7 +170,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="score base vs optimised images (same seeds) for every prompt of a FIND workdir",
         description="For each prompt of a batch workdir (or one run directory): sample N images from N(0, I) and "
         "from the learned distribution with the same noises, score them with each reward, and write "
-        "OUT/eval.md and OUT/eval.json (per-prompt and per-category means with 95%% intervals, optimisation time "
+        "OUT/eval.md and OUT/eval.json (per-prompt and per-category means with 95% intervals, optimisation time "
         "per prompt), OUT/grids/NNN-<slug>.png (top row base, bottom row FIND) and OUT/reward_curves.png.",
     )
     v.add_argument("--workdir", required=True, help="a `find-jax optimize` workdir (prompt set or single run)")
@@ -199,6 +205,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--workdir", required=True, help="a FIND run directory")
     e.add_argument("--format", default="npz", choices=("npz", "pt"))
     e.add_argument("--out", required=True, help="output file")
+    e.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     e.set_defaults(func=cmd_export)
 
     r = sub.add_parser("rewards", help="list the registered rewards and where their weights come from")
@@ -207,9 +214,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _slug(text: str) -> str:
-    import re
+    from find_jax.prompts import slugify
 
-    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:60] or "run"
+    return slugify(text, max_len=60)
+
+
+def _progress(args: argparse.Namespace):
+    """The progress bar the CLI draws for the library's progress reports (nothing with --quiet)."""
+    from find_jax.progress import ProgressBar
+
+    return ProgressBar(0, quiet=getattr(args, "quiet", False))
 
 
 def _reward_options(args: argparse.Namespace) -> dict:
@@ -230,6 +244,7 @@ def _reward_options(args: argparse.Namespace) -> dict:
 
 
 def cmd_optimize(args: argparse.Namespace) -> int:
+    from find_jax.interrupts import interrupts
     from find_jax.optimize import make_config, run
     from find_jax.report import write_run_report
 
@@ -271,14 +286,16 @@ def cmd_optimize(args: argparse.Namespace) -> int:
         return _optimize_prompt_set(args, config)
     workdir = Path(args.workdir or Path("runs") / _slug(args.prompt))
     log.info("FIND %s preset, %d iterations, reward %s -> %s", args.preset, config.iterations, config.reward, workdir)
-    state = run(config, workdir, progress=not args.quiet, weights=args.weights)
+    with interrupts() as stop:
+        state = run(config, workdir, progress=_progress(args), should_stop=stop, weights=args.weights)
     summary = write_run_report(workdir)
     log.info("done: step %d, %s", int(state.step), summary)
     return 0
 
 
 def _optimize_prompt_set(args: argparse.Namespace, config) -> int:
-    from find_jax.batch import batch_summary, run_batch
+    from find_jax.interrupts import interrupts
+    from find_jax.optimize import batch_summary, run_batch
     from find_jax.prompts import read_prompts
 
     items = read_prompts(args.prompts_file, category=args.category)
@@ -296,9 +313,16 @@ def _optimize_prompt_set(args: argparse.Namespace, config) -> int:
         config.reward,
         workdir,
     )
-    result = run_batch(
-        config, items, workdir, batch_prompts=batch_prompts, progress=not args.quiet, weights=args.weights
-    )
+    with interrupts() as stop:
+        result = run_batch(
+            config,
+            items,
+            workdir,
+            batch_prompts=batch_prompts,
+            progress=_progress(args),
+            should_stop=stop,
+            weights=args.weights,
+        )
     log.info("done: %s", batch_summary(result))
     if result.failed:
         for r in result.failed:
@@ -318,7 +342,7 @@ def _json_or_text(value: str):
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from find_jax.evaluate import evaluate, list_runs
-    from find_jax.trainer import read_run
+    from find_jax.rundir import read_run
 
     rewards = args.reward
     if rewards is None:
@@ -333,7 +357,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         options.setdefault(name, {})[key] = _json_or_text(value)
     model = None
     if args.model is not None:
-        from find_jax.models import load_model
+        from find_jax.envs import load_model
 
         model = load_model(args.model, dtype=args.dtype or "float32", weights=args.weights)
     report = evaluate(
@@ -344,7 +368,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         out=args.out,
         overwrite=args.overwrite,
-        progress=not args.quiet,
+        progress=_progress(args),
         model=model,
         reward_options=options,
         dtype=args.dtype,
@@ -364,7 +388,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 def cmd_export(args: argparse.Namespace) -> int:
     from find_jax.export import export
 
-    out = export(args.workdir, args.format, args.out)
+    out = export(args.workdir, args.format, args.out, overwrite=args.overwrite)
     log.info("wrote %s", out)
     return 0
 
@@ -372,9 +396,11 @@ def cmd_export(args: argparse.Namespace) -> int:
 def cmd_rewards(args: argparse.Namespace) -> int:
     from reward_models import available, spec
 
-    for name in available():
+    names = available()
+    width = max(len(n) for n in names)
+    for name in names:
         s = spec(name)
-        print(f"{name:16s} {s.description}  [weights: {s.weights}]")
+        print(f"{name:{width}s}  {s.description}  [weights: {s.weights}]")
     return 0
 
 
@@ -386,7 +412,7 @@ def _setup(args: argparse.Namespace) -> None:
     )
     for noisy in ("jax", "absl", "orbax", "jax._src.xla_bridge"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    from find_jax.sampler import configure_cpu_devices, enable_compilation_cache
+    from find_jax.envs.devices import configure_cpu_devices, enable_compilation_cache
 
     configure_cpu_devices(args.cpu_devices)
     cache = enable_compilation_cache(getattr(args, "cache_dir", None))
@@ -394,63 +420,74 @@ def _setup(args: argparse.Namespace) -> None:
 
 
 def cmd_sample(args: argparse.Namespace) -> int:
-    from find_jax.models import load_model
-    from find_jax.sampling import SampleRequest, load_latents, sample_images, write_images
+    from find_jax import envs
+    from find_jax.envs.base import sampler_settings
+    from find_jax.sampling import (
+        SampleRequest,
+        check_latents,
+        check_out_dir,
+        read_latents_file,
+        sample_from_run,
+        sample_media,
+        write_images,
+    )
 
+    # Everything that can be checked without the model is checked before it loads (seconds for large models).
+    flags = dict(
+        negative_prompt=args.negative_prompt,
+        steps=args.steps,
+        guidance=args.guidance,
+        eta=args.eta,
+        height=args.height,
+        width=args.width,
+    )
+    check_out_dir(args.out, overwrite=args.overwrite)
     if args.workdir is not None:
-        from find_jax.optimize import sample_from_run
+        from find_jax.rundir import read_run
 
         if args.latents:
             raise ValueError(
                 "--latents cannot be combined with --workdir: the latents are drawn from the run's learned "
                 "distribution (drop --workdir to sample from given latents)"
             )
-        images, latents, meta = sample_from_run(
-            args.workdir,
-            model_spec=args.model,
-            dtype=args.dtype,
-            weights=args.weights,
+        config, _ = read_run(args.workdir)
+        request = SampleRequest(
+            prompt=args.prompt or config.prompt,
+            settings=sampler_settings(config, **flags),
             num_images=args.num_images or 1,
             seed=args.seed,
-            prompt=args.prompt,
             batch_size=args.batch_size,
-            negative_prompt=args.negative_prompt or None,
-            steps=args.steps,
-            guidance=args.guidance,
-            eta=args.eta,
-            height=args.height,
-            width=args.width,
+        )
+        images, latents, meta = sample_from_run(
+            args.workdir, request, model_spec=args.model, dtype=args.dtype, weights=args.weights
         )
         write_images(args.out, images, latents, meta, overwrite=args.overwrite)
         log.info("wrote %d images from the distribution learned in %s to %s", len(images), args.workdir, args.out)
         return 0
     if args.prompt is None:
-        raise SystemExit("find-jax sample: --prompt is required (or --workdir of a FIND run)")
+        raise ValueError("--prompt is required (or --workdir of a FIND run)")
     from find_jax.optimize import model_defaults
 
-    model = load_model(args.model, dtype=args.dtype or "float32", weights=args.weights)
-    recommended = {"steps": 50, "guidance": 7.5, "eta": 0.0, **model_defaults(args.model)}
+    recommended = {k: v for k, v in model_defaults(args.model).items() if k in ("steps", "guidance", "eta")}
     request = SampleRequest(
         prompt=args.prompt,
-        negative_prompt=args.negative_prompt,
+        settings=sampler_settings(None, **{**recommended, **{k: v for k, v in flags.items() if v is not None}}),
         num_images=args.num_images or 1,
         seed=args.seed,
-        steps=args.steps if args.steps is not None else int(recommended["steps"]),
-        guidance=args.guidance if args.guidance is not None else float(recommended["guidance"]),
-        eta=args.eta if args.eta is not None else float(recommended["eta"]),
-        height=args.height,
-        width=args.width,
         batch_size=args.batch_size,
     )
+    raw = read_latents_file(args.latents) if args.latents else None  # a bad file is refused before loading
+    model = envs.load_model(args.model, dtype=args.dtype or "float32", weights=args.weights)
+    env = envs.make_environment(model, request.settings)
     latents = None
-    if args.latents:
-        latents = load_latents(args.latents, model.latent_shape(args.height, args.width), args.num_images)
-    images, latents = sample_images(model, request, latents)
+    if raw is not None:
+        latents = check_latents(raw, env.latent_shape, args.num_images, args.latents)
+    images, latents = sample_media(env, request, latents)
     meta = {
         "model": model.source,
         "fingerprint": model.fingerprint,
         "dtype": args.dtype or "float32",
-        **vars(request),
+        **request.record(),
         "latents_file": args.latents,
     }
     write_images(args.out, images, latents, meta, overwrite=args.overwrite)
@@ -461,7 +498,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
 def _user_errors() -> tuple[type[BaseException], ...]:
     """Exceptions that mean bad input or an unusable run directory: reported in one line, not a traceback."""
     from find_jax.checkpoint import CheckpointError
-    from find_jax.trainer import BadRewardError, RunDirError
+    from find_jax.rundir import BadRewardError, RunDirError
 
     return (FileNotFoundError, FileExistsError, ValueError, RunDirError, BadRewardError, CheckpointError)
 
@@ -474,8 +511,19 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as e:
         print(f"find-jax: error: {e}", file=sys.stderr)
         return 2
+    from find_jax.loop import Interrupted
+
     try:
         return args.func(args)
+    except Interrupted as e:
+        # The first Ctrl-C / SIGTERM finished the iteration and checkpointed (a second one exits at once).
+        print(f"find-jax {args.command}: {e}", file=sys.stderr)
+        from find_jax.interrupts import EXIT_CODES
+
+        return EXIT_CODES.get(e.signal, 130)
+    except KeyboardInterrupt:
+        print(f"find-jax {args.command}: interrupted again; exiting at once", file=sys.stderr)
+        return 130
     except _user_errors() as e:
         # Bad input: one clear line, no traceback (DESIGN §8). --verbose shows the traceback.
         if args.verbose:

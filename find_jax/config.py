@@ -24,12 +24,12 @@ import types
 import typing
 from typing import Any
 
+from find_jax.envs.base import SAMPLER_DEFAULTS
 from find_jax.policy import LOGPROB_REDUCES, SIGMA_PARAMS
 
 CLIP_MODES = ("ppo_min", "clamp")
 REFERENCES = ("previous", "initial")
 DTYPES = ("float32", "bfloat16")
-PRESETS = ("paper", "official", "tiny")
 
 # JSON scalar types allowed as reward option values.
 _JSON_SCALARS = (str, int, float, bool, type(None))
@@ -41,7 +41,7 @@ class FindConfig:
 
     # --- task ---
     prompt: str = ""  # the text prompt whose initial-noise distribution is learned (required to run)
-    negative_prompt: str = ""  # classifier-free-guidance negative prompt ("" = unconditional branch)
+    negative_prompt: str = SAMPLER_DEFAULTS.negative_prompt  # CFG negative prompt ("" = unconditional branch)
     model: str | None = None  # diffusers directory or hub id (local cache only); None = shipped shapes model
     reward: str = "shapes"  # registered reward name (reward_models.available()); "imagereward" for SD1.5
     reward_options: tuple[tuple[str, Any], ...] = ()  # reward factory kwargs as sorted (name, value) pairs
@@ -80,11 +80,12 @@ class FindConfig:
     reward_weight: float = 1.0  # multiplies the policy-gradient term (paper: 1; public code: 10)
 
     # --- environment: the frozen diffusion sampler ---
-    steps: int = 50  # DDIM steps (paper: 50)
-    guidance: float = 7.5  # classifier-free guidance scale (SD default 7.5)
-    eta: float = 0.0  # DDIM eta: 0 = deterministic sampler as the paper; 1.0 = public code (stochastic)
-    height: int | None = None  # image height in pixels; None = the model's native size (SD1.5: 512)
-    width: int | None = None  # image width in pixels; None = the model's native size
+    # (defaults: find_jax.envs.base.SamplerSettings, the one place they are defined)
+    steps: int = SAMPLER_DEFAULTS.steps  # DDIM steps (paper: 50)
+    guidance: float = SAMPLER_DEFAULTS.guidance  # classifier-free guidance scale (SD default 7.5)
+    eta: float = SAMPLER_DEFAULTS.eta  # DDIM eta: 0 = deterministic sampler as the paper; 1.0 = public code
+    height: int | None = SAMPLER_DEFAULTS.height  # image height in pixels; None = the model's size (SD1.5: 512)
+    width: int | None = SAMPLER_DEFAULTS.width  # image width in pixels; None = the model's native size
     dtype: str = "float32"  # sampler compute dtype: "float32" or "bfloat16" (GPU); the policy is float32
 
     # --- run bookkeeping ---
@@ -185,6 +186,38 @@ def validate_config(cfg: FindConfig) -> None:
             raise ValueError(f"{name} must be None (model default) or an integer >= 8; got {value!r}")
 
 
+def paper_preset() -> dict[str, Any]:
+    """The paper's text (§4-5): the :class:`FindConfig` defaults."""
+    return {}
+
+
+def official_preset() -> dict[str, Any]:
+    """The public PyTorch code's behaviour (module doc), its stale-reward bug excepted."""
+    return dict(
+        sigma_param="clamp",
+        sigma_min=1e-4,
+        logprob_reduce="mean",
+        clip_eps=0.2,
+        clip_mode="clamp",
+        reference="initial",
+        replay_size=1,
+        update_epochs=1,
+        drcm_text_conditioned=True,
+        kl_weight=0.01,
+        reward_weight=10.0,
+        eta=1.0,
+    )
+
+
+def tiny_preset() -> dict[str, Any]:
+    """``paper`` shrunk for tests and CI: few iterations and sampler steps, a small DRCM."""
+    return dict(iterations=6, steps=2, drcm_hidden=(16, 16, 16), checkpoint_every=3, num_final_samples=2, replay_size=4)
+
+
+# name -> the fields that preset sets on top of the FindConfig defaults
+PRESETS = {"paper": paper_preset, "official": official_preset, "tiny": tiny_preset}
+
+
 def get_preset(name: str = "paper", **overrides: Any) -> FindConfig:
     """The named preset (``paper``, ``official``, ``tiny``) with ``overrides`` applied to its fields."""
     if name not in PRESETS:
@@ -193,32 +226,9 @@ def get_preset(name: str = "paper", **overrides: Any) -> FindConfig:
     unknown = sorted(set(overrides) - fields)
     if unknown:
         raise ValueError(f"unknown config field(s) {unknown}; valid fields: {', '.join(sorted(fields))}")
-    base: dict[str, Any] = {}
-    if name == "official":
-        base = dict(
-            sigma_param="clamp",
-            sigma_min=1e-4,
-            logprob_reduce="mean",
-            clip_eps=0.2,
-            clip_mode="clamp",
-            reference="initial",
-            replay_size=1,
-            update_epochs=1,
-            drcm_text_conditioned=True,
-            kl_weight=0.01,
-            reward_weight=10.0,
-            eta=1.0,
-        )
-    elif name == "tiny":
-        base = dict(
-            iterations=6,
-            steps=2,
-            drcm_hidden=(16, 16, 16),
-            checkpoint_every=3,
-            num_final_samples=2,
-            replay_size=4,
-        )
+    base = PRESETS[name]()
     base.update(overrides)
+    # The public code reuses no samples: its buffer holds exactly the current ones.
     if "replay_size" not in overrides and "samples_per_iter" in overrides and name == "official":
         base["replay_size"] = overrides["samples_per_iter"]
     return FindConfig(**base)

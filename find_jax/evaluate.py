@@ -1,6 +1,6 @@
 """Evaluation of FIND runs: base vs optimised images for the same seeds, scored, tabled, pictured.
 
-For every prompt of a batch workdir (``prompts.json``, :mod:`find_jax.batch`) or of a single run directory,
+For every prompt of a batch workdir (``prompts.json``, :mod:`find_jax.rundir`) or of a single run directory,
 :func:`evaluate` draws ``num_images`` noises ``z_i ~ N(0, I)`` from ``PRNGKey(seed)`` and samples
 
 * the base image from ``x_T = z_i`` (the frozen model as is), and
@@ -24,10 +24,8 @@ and ``reward_curves.png`` (every prompt's smoothed training reward and their mea
 from __future__ import annotations
 
 import dataclasses
-import functools
 import json
 import logging
-import math
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -36,9 +34,9 @@ import jax
 import numpy as np
 
 from find_jax.metrics import read_metrics
-from find_jax.progress import ProgressBar
 from find_jax.prompts import slugify
 from find_jax.report import save_figure, save_grid, smooth
+from find_jax.stats import mean_ci
 
 logger = logging.getLogger(__name__)
 
@@ -46,38 +44,6 @@ EVAL_JSON = "eval.json"
 EVAL_MD = "eval.md"
 GRID_DIR = "grids"
 CURVES_PNG = "reward_curves.png"
-
-# Two-sided 95% Student-t quantiles t_{0.975, df} for df = 1..30 (standard tables).
-_T975 = (
-    12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228,
-    2.201, 2.179, 2.160, 2.145, 2.131, 2.120, 2.110, 2.101, 2.093, 2.086,
-    2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042,
-)  # fmt: skip
-_Z975 = 1.959963984540054
-
-
-def t_quantile_975(df: int) -> float:
-    """``t_{0.975}`` of Student's t with ``df`` degrees of freedom: a table to 30, then the Cornish-Fisher
-    expansion ``z + (z^3 + z) / 4df + (5z^5 + 16z^3 + 3z) / 96df^2`` (error < 1e-4 there)."""
-    if df < 1:
-        raise ValueError(f"df must be >= 1; got {df}")
-    if df <= len(_T975):
-        return _T975[df - 1]
-    z = _Z975
-    return z + (z**3 + z) / (4 * df) + (5 * z**5 + 16 * z**3 + 3 * z) / (96 * df**2)
-
-
-def mean_ci(values: Sequence[float]) -> dict[str, float | int | None]:
-    """``{"mean", "lo", "hi", "n"}``: the mean and its 95% t-interval (``lo``/``hi`` None for n < 2)."""
-    v = np.asarray([x for x in values if x is not None and math.isfinite(x)], np.float64)
-    n = int(v.size)
-    if n == 0:
-        return {"mean": None, "lo": None, "hi": None, "n": 0}
-    mean = float(v.mean())
-    if n < 2:
-        return {"mean": mean, "lo": None, "hi": None, "n": n}
-    half = t_quantile_975(n - 1) * float(v.std(ddof=1)) / math.sqrt(n)
-    return {"mean": mean, "lo": mean - half, "hi": mean + half, "n": n}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -93,8 +59,7 @@ class RunEntry:
 
 def list_runs(workdir: str | Path) -> list[RunEntry]:
     """The runs of a batch workdir (``prompts.json``) or the one run of a single-run directory."""
-    from find_jax.batch import PROMPTS_FILE, read_batch
-    from find_jax.trainer import CONFIG_FILE, RunDirError, read_run
+    from find_jax.rundir import CONFIG_FILE, PROMPTS_FILE, RunDirError, read_batch, read_run
 
     workdir = Path(workdir)
     if not workdir.is_dir():
@@ -120,59 +85,42 @@ def optimisation_time_s(run_dir: str | Path) -> tuple[float, int]:
     return total, int(records[-1]["step"]) if records else 0
 
 
-class _Samplers:
-    """Loaded models and compiled samplers, shared by every run that uses the same settings."""
+class _Environments:
+    """Loaded models and environments, shared by every run that uses the same model and sampler settings."""
 
     def __init__(self, model: Any = None, *, dtype: str | None = None, weights: str = "auto"):
         self.given = model
         self.dtype = dtype  # None: each run's config.dtype
         self.weights = weights
         self.models: dict[tuple, Any] = {}
-        self.samplers: dict[tuple, Any] = {}
-        self.encoders: dict[int, Any] = {}
-        self.params: dict[int, Any] = {}  # per model: params replicated over the batch mesh (or as loaded)
-
-    @functools.cached_property
-    def mesh(self) -> Any:
-        """The samplers' batch mesh over the local devices (None on one device)."""
-        from find_jax.sampler import batch_mesh
-
-        return batch_mesh()
+        self.envs: dict[tuple, Any] = {}
 
     def model(self, config) -> Any:
         if self.given is not None:
             return self.given
-        from find_jax.models import load_model
+        from find_jax import envs
 
         key = (config.model, self.dtype or config.dtype)
         if key not in self.models:
-            self.models[key] = load_model(config.model, dtype=key[1], weights=self.weights)
+            self.models[key] = envs.load_model(config.model, dtype=key[1], weights=self.weights)
         return self.models[key]
 
     def environment(self, config):
-        from find_jax.sampler import Environment, encode_prompts, make_sampler, make_text_encoder
+        """The environment of ``config``'s model and sampler settings (built once per distinct pair)."""
+        from find_jax import envs
 
         model = self.model(config)
-        if id(model) not in self.encoders:
-            self.encoders[id(model)] = make_text_encoder(model)
-            self.params[id(model)] = Environment.replicated_params(model, self.mesh)
-        encode_fn = self.encoders[id(model)]
-        key = (id(model), config.steps, config.guidance, config.eta)
-        if key not in self.samplers:
-            self.samplers[key] = make_sampler(
-                model, steps=config.steps, guidance=config.guidance, eta=config.eta, mesh=self.mesh
-            )
-        dh, dw = model.default_size
-        height, width = config.height or dh, config.width or dw
-        cond = encode_prompts(model, [config.prompt], encode_fn=encode_fn)
-        uncond = encode_prompts(model, [config.negative_prompt], allow_empty=True, encode_fn=encode_fn)
-        sampler, params = self.samplers[key], self.params[id(model)]
-        return Environment(model, [config.prompt], cond, uncond, sampler, height, width, self.mesh, params)
+        settings = envs.sampler_settings(config)
+        key = (id(model), settings)
+        if key not in self.envs:
+            self.envs[key] = envs.make_environment(model, settings)
+        return self.envs[key]
 
 
-def sample_pairs(env, state, *, num_images: int, seed: int, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
-    """``(base [n, H, W, 3], find [n, H, W, 3])`` from ``x_T = z`` and ``x_T = mu + sigma z`` (same z, same
-    eta noise per batch of ``batch_size``; the last batch padded so the sampler compiles once)."""
+def sample_pairs(env_fn, state, *, num_images: int, seed: int, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(base [n, ...], find [n, ...])`` from ``x_T = z`` and ``x_T = mu + sigma z`` (same z, same eta noise per
+    batch of ``batch_size``; the last batch padded so the sampler compiles once). ``env_fn(latents [B, ...], rng)
+    -> media [B, ...]``: the run's environment bound to its prompt (:func:`find_jax.envs.base.bind_one`)."""
     from find_jax.trainer import sample_from_state
 
     rng = jax.random.PRNGKey(seed)
@@ -189,7 +137,7 @@ def sample_pairs(env, state, *, num_images: int, seed: int, batch_size: int) -> 
             pad = bs - x.shape[0]
             if pad:
                 x = np.concatenate([x, np.zeros((pad, *shape), np.float32)])
-            out[name].append(np.asarray(jax.device_get(env(x, rng_i)), np.float32)[: bs - pad])
+            out[name].append(np.asarray(jax.device_get(env_fn(x, rng_i)), np.float32)[: bs - pad])
     return np.concatenate(out["base"]), np.concatenate(out["find"])
 
 
@@ -236,7 +184,7 @@ def evaluate(
     batch_size: int = 8,
     out: str | Path | None = None,
     overwrite: bool = False,
-    progress: bool = False,
+    progress: Any = None,
     model: Any = None,
     reward_options: dict[str, dict[str, Any]] | None = None,
     reward_fns: dict[str, Callable] | None = None,
@@ -250,11 +198,12 @@ def evaluate(
     model: a loaded model to use instead of each run's ``config.model``; otherwise each run's model is loaded
     with ``dtype`` (default: the run's) from the ``weights`` files (see :func:`load_model`). Runs without a
     checkpoint are listed with status ``not optimised`` and left out of the statistics. An ``OUT`` that already holds an
-    evaluation raises ``FileExistsError`` unless ``overwrite``.
+    evaluation raises ``FileExistsError`` unless ``overwrite``. progress: a sink with ``start(total, desc)``,
+    ``update(n, **fields)``, ``close()`` (:class:`find_jax.loop.ProgressSink`; the CLI draws it), one unit a run.
     """
-    from find_jax.batch import STATUS_FILE
     from find_jax.checkpoint import CheckpointError
-    from find_jax.trainer import load_state, read_run
+    from find_jax.envs.base import bind_one
+    from find_jax.rundir import STATUS_FILE, load_state, read_run
 
     if num_images < 1:
         raise ValueError(f"--num-images must be >= 1; got {num_images}")
@@ -279,9 +228,10 @@ def evaluate(
     if missing:
         raise ValueError(f"no reward function for {missing}")
     (out / GRID_DIR).mkdir(parents=True, exist_ok=True)
-    samplers = _Samplers(model, dtype=dtype, weights=weights)
+    environments = _Environments(model, dtype=dtype, weights=weights)
     rows = []
-    bar = ProgressBar(len(entries), desc="evaluate", quiet=not progress)
+    if progress is not None:
+        progress.start(len(entries), "evaluate")
     for entry, (config, record) in zip(entries, runs, strict=True):
         row: dict[str, Any] = {
             "index": entry.index,
@@ -301,18 +251,20 @@ def evaluate(
             logger.warning("%s: not evaluated (%s)", entry.name, e)
             row.update(status="not optimised", step=0)
             rows.append(row)
-            bar.update(prompt=entry.name)
+            if progress is not None:
+                progress.update(1, prompt=entry.name)
             continue
         row["step"] = int(state.step)
         row["iterations"] = config.iterations
         row["status"] = row["status"] or ("done" if int(state.step) == config.iterations else "partial")
-        env = samplers.environment(config)
+        env = environments.environment(config)
         recorded = record.get("weights_hash")
-        if recorded and recorded != env.model.fingerprint:
+        if recorded and recorded != env.fingerprint:
             logger.warning(
                 "%s: the model's weights differ from the run's (%s): images may not match", entry.name, recorded
             )
-        base, find = sample_pairs(env, state, num_images=num_images, seed=seed, batch_size=batch_size)
+        env_fn = bind_one(env, config.prompt)
+        base, find = sample_pairs(env_fn, state, num_images=num_images, seed=seed, batch_size=batch_size)
         prompts = [entry.prompt] * num_images
         for name in names:
             b = np.asarray(fns[name](base, prompts), np.float64)
@@ -333,8 +285,10 @@ def evaluate(
             scale=max(1, 64 // h),
         )
         rows.append(row)
-        bar.update(prompt=entry.name)
-    bar.close()
+        if progress is not None:
+            progress.update(1, prompt=entry.name)
+    if progress is not None:
+        progress.close()
     report = {
         "workdir": str(workdir),
         "settings": {"rewards": names, "num_images": num_images, "seed": seed, "batch_size": batch_size},
@@ -476,12 +430,10 @@ __all__ = [
     "evaluate",
     "list_runs",
     "make_reward_fns",
-    "mean_ci",
     "optimisation_time_s",
     "parse_reward_names",
     "plot_reward_curves",
     "render_markdown",
     "sample_pairs",
     "summarize",
-    "t_quantile_975",
 ]

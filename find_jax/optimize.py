@@ -1,23 +1,28 @@
-"""The main job: FIND on a real (or the shipped) diffusion model, wired from a :class:`FindConfig`.
+"""The main job: FIND on a frozen diffusion model (image or video), wired from a :class:`FindConfig`.
 
-``run(config, workdir)`` loads the frozen model, builds the environment (the jitted DDIM sampler for the
-prompt), the reward, and the DRCM's text condition if the preset uses one, then hands everything to
-:func:`find_jax.trainer.optimize`. ``sample_from_run`` draws images from a run's learned distribution.
+:func:`run` (one prompt, ``find-jax optimize --prompt``) and :func:`run_batch` (a prompt set, ``--prompts-file``)
+load the frozen model and build its environment (:mod:`find_jax.envs`), the reward and, for a text-conditioned
+DRCM, the prompt embeddings, then hand everything to the one loop, :func:`find_jax.loop.run_prompts`. A single
+run is a prompt set of one whose run directory is the workdir itself.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
+import math
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import jax
-import numpy as np
 
+from find_jax import envs, rundir
 from find_jax.config import FindConfig, get_preset
-from find_jax.models import DiffusionModel, load_model, resolve_model_dir
-from find_jax.sampler import make_environment, pooled_embedding
+from find_jax.loop import ProgressSink, PromptRun, optimize_one, run_prompts
+from find_jax.prompts import PromptItem, prompts_to_json
+from find_jax.rundir import BatchResult
 
 log = logging.getLogger(__name__)
 
@@ -28,7 +33,7 @@ PAPER_REWARD = "imagereward"  # the paper's reward for models that name no defau
 def model_defaults(model: str | None) -> dict[str, Any]:
     """Config fields a model directory recommends (``find_defaults.json``), e.g. the shipped shapes model's
     reward ``shapes`` and its 20 DDIM steps. Empty when the file is absent."""
-    path = resolve_model_dir(model) / MODEL_DEFAULTS_FILE
+    path = envs.resolve_model_dir(model) / MODEL_DEFAULTS_FILE
     if not path.is_file():
         return {}
     try:
@@ -47,98 +52,122 @@ def make_config(preset: str = "paper", **overrides: Any) -> FindConfig:
     return get_preset(preset, **{**defaults, **{k: v for k, v in overrides.items() if v is not None}})
 
 
-def build_environment(config: FindConfig, model: DiffusionModel | None = None, *, weights: str = "auto"):
-    """``(model, env)`` for ``config``: the frozen model (read from the ``weights`` files, see :func:`load_model`,
-    unless given) and the jitted sampler for ``config.prompt``."""
-    model = model or load_model(config.model, dtype=config.dtype, weights=weights)
-    env = make_environment(
-        model,
-        config.prompt,
-        negative_prompt=config.negative_prompt,
-        steps=config.steps,
-        guidance=config.guidance,
-        eta=config.eta,
-        height=config.height,
-        width=config.width,
-    )
-    return model, env
+def build_environment(config: FindConfig, model: Any = None, *, weights: str = "auto", mesh: Any = "auto"):
+    """``(model, env)`` for ``config``: the frozen model (read from the ``weights`` files unless given) and its
+    environment with ``config``'s sampler settings (:func:`find_jax.envs.make_environment`)."""
+    model = model or envs.load_model(config.model, dtype=config.dtype, weights=weights)
+    return model, envs.make_environment(model, envs.sampler_settings(config), mesh=mesh)
+
+
+def check_prompts(reward_fn: Callable, prompts: Sequence[str]) -> None:
+    """Refuses, before anything is written, prompts the reward cannot score (e.g. the shapes reward's grammar):
+    rewards may carry ``check_prompts(prompts)``, which raises ``ValueError``."""
+    check = getattr(reward_fn, "check_prompts", None)
+    if check is not None:
+        check(list(prompts))
 
 
 def run(
     config: FindConfig,
     workdir: str | Path,
     *,
-    progress: bool = False,
-    model: DiffusionModel | None = None,
+    progress: ProgressSink | None = None,
+    should_stop: Callable[[], bool] | None = None,
+    model: Any = None,
     weights: str = "auto",
 ):
-    """Runs (or resumes) FIND for ``config`` in ``workdir``; returns the final :class:`FindState`.
-
-    ``model``: the loaded model to use; else ``config.model`` is loaded from its ``weights`` files."""
-    from find_jax import trainer
+    """Runs (or resumes) FIND for ``config.prompt`` in ``workdir``; returns the final
+    :class:`~find_jax.trainer.FindState`. ``model``: the loaded model to use; else ``config.model`` is loaded from
+    its ``weights`` files. Too many bad rewards raise :class:`~find_jax.rundir.BadRewardError`, NaN parameters
+    ``FloatingPointError``, an interrupt :class:`~find_jax.loop.Interrupted` (state checkpointed)."""
     from reward_models import make_reward
 
+    if not config.prompt.strip():
+        raise ValueError("config.prompt is empty: give the text prompt to optimise for")
     reward_fn = make_reward(config.reward, **dict(config.reward_options))
+    check_prompts(reward_fn, [config.prompt])
     model, env = build_environment(config, model, weights=weights)
-    embedding = pooled_embedding(model, config.prompt) if config.drcm_text_conditioned else None
-    return trainer.optimize(
+    embedding = env.prompt_embeddings([config.prompt])[0] if config.drcm_text_conditioned else None
+    return optimize_one(
         config,
         workdir,
-        env_fn=env,
+        env=env,
         reward_fn=reward_fn,
-        latent_shape=env.latent_shape,
         prompt_embedding=embedding,
-        model_id=model.source,
-        weights_hash=model.fingerprint,
         progress=progress,
+        should_stop=should_stop,
     )
 
 
-def sample_from_run(
+def run_batch(
+    config: FindConfig,
+    prompts: Sequence[PromptItem],
     workdir: str | Path,
     *,
-    num_images: int,
-    seed: int,
-    prompt: str | None = None,
-    batch_size: int = 8,
-    model_spec: str | None = None,
-    dtype: str | None = None,
+    batch_prompts: int = 1,
+    progress: ProgressSink | None = None,
+    should_stop: Callable[[], bool] | None = None,
+    model: Any = None,
+    devices: Sequence[jax.Device] | None = None,
     weights: str = "auto",
-    **sampler_overrides: Any,
-) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
-    """Images from the learned N(mu, sigma^2) of a FIND run: ``(images, latents, meta)``.
+) -> BatchResult:
+    """FIND over ``prompts`` on ``config.model`` with ``config.reward`` (``find-jax optimize --prompts-file``).
 
-    The model, prompt and sampler settings are the run's unless overridden: ``model_spec`` (the run's model
-    at another path; other weights only warn, another latent shape is refused), ``dtype``, ``weights``
-    (which files :func:`load_model` reads), ``steps``, ``guidance``, ``eta``, ``negative_prompt``,
-    ``height``/``width`` (must give the run's latent shape).
+    Loads the model and reward once, writes ``batch.json`` / ``prompts.json`` (a rerun must match them), runs
+    groups of ``batch_prompts`` prompts with the prompt axis sharded over ``devices``, and writes each finished
+    prompt's ``reward_curve.png`` and ``final_samples.png`` (:func:`find_jax.report.write_run_report`).
     """
-    from find_jax.sampling import SampleRequest, sample_images
-    from find_jax.trainer import load_state, read_run, sample_from_state
+    from find_jax.report import write_run_report
+    from reward_models import make_reward
 
-    config, record = read_run(workdir)
-    state = load_state(workdir)
-    dtype = dtype or config.dtype
-    model = load_model(model_spec if model_spec is not None else config.model, dtype=dtype, weights=weights)
-    if model.fingerprint != record.get("weights_hash", model.fingerprint):
-        log.warning("the model's weights differ from the run's (%s): samples may not match", record["weights_hash"])
-    fields = {k: v for k, v in sampler_overrides.items() if v is not None}
-    request = SampleRequest(
-        prompt=prompt or config.prompt,
-        negative_prompt=fields.get("negative_prompt", config.negative_prompt),
-        num_images=num_images,
-        seed=seed,
-        steps=fields.get("steps", config.steps),
-        guidance=fields.get("guidance", config.guidance),
-        eta=fields.get("eta", config.eta),
-        height=fields.get("height", config.height),
-        width=fields.get("width", config.width),
-        batch_size=batch_size,
+    if batch_prompts < 1:
+        raise ValueError(f"--batch-prompts must be >= 1; got {batch_prompts}")
+    items = list(prompts)
+    if not items:
+        raise ValueError("the prompt set is empty: give at least one prompt")
+    reward_fn = make_reward(config.reward, **dict(config.reward_options))
+    check_prompts(reward_fn, [it.text for it in items])
+    model, env = build_environment(config, model, weights=weights)
+    embeddings = None
+    if config.drcm_text_conditioned:
+        # One batched, jitted text-encoder pass for every prompt (chunked independently of batch_prompts, so a
+        # resume with another group size gets the same embedding bits; config.json records their hash).
+        embeddings = env.prompt_embeddings([it.text for it in items])
+    workdir = Path(workdir)
+    records = prompts_to_json(items)
+    base = dataclasses.replace(config, prompt="")
+    embed_dim = 0 if embeddings is None else int(embeddings.shape[1])
+    record = rundir.batch_record(base, env.latent_shape, embed_dim, env.source, env.fingerprint)
+    rundir.prepare_batch_dir(workdir, record, records, base)
+    runs = [PromptRun(r["index"], r["prompt"], r["category"], workdir / r["dir"], r["dir"]) for r in records]
+    result = run_prompts(
+        config,
+        runs,
+        workdir,
+        env=env,
+        reward_fn=reward_fn,
+        embeddings=embeddings,
+        batch_prompts=batch_prompts,
+        devices=devices,
+        progress=progress,
+        should_stop=should_stop,
     )
-    shape = model.latent_shape(request.height, request.width)
-    if tuple(shape) != tuple(state.policy.mu.shape):
-        raise ValueError(f"the run learned latents {tuple(state.policy.mu.shape)}; this size needs {shape}")
-    latents = np.asarray(sample_from_state(state, jax.random.PRNGKey(seed), num_images), np.float32)
-    images, latents = sample_images(model, request, latents)
-    meta = {"workdir": str(workdir), "step": int(state.step), "model": model.source, "dtype": dtype, **vars(request)}
-    return images, latents, meta
+    for r in result.results:
+        if r.status == "done":
+            log.info("%s: %s", r.dir, write_run_report(workdir / r.dir))
+    return result
+
+
+def batch_summary(result: BatchResult) -> str:
+    """One line: how many prompts finished, failed, belong to other processes."""
+    counts: dict[str, int] = {}
+    for r in result.results:
+        counts[r.status] = counts.get(r.status, 0) + 1
+    total = sum(r.time_s for r in result.results)
+    text = ", ".join(f"{v} {k}" for k, v in sorted(counts.items()))
+    if math.isfinite(total) and total > 0:
+        text += f"; {total:.1f} s optimisation time"
+    return text
+
+
+__all__ = ["batch_summary", "build_environment", "check_prompts", "make_config", "model_defaults", "run", "run_batch"]

@@ -1,4 +1,5 @@
-"""A small progress bar for long runs: iterations, the latest reward and an ETA, on stderr.
+"""A small progress bar for long runs: iterations, the latest reward and an ETA, on stderr (the CLI draws it; the
+library reports progress to it through :meth:`ProgressBar.start` / ``update`` / ``advance`` / ``close``).
 
 On a terminal the bar redraws one line (``\\r``); in a log file (not a tty) it writes a full line every
 ``log_every_pct`` percent, so logs stay readable; ``quiet=True`` writes nothing. The ETA uses the mean
@@ -66,6 +67,14 @@ class ProgressBar:
         self._t_last: float | None = None  # time of the last update; None after a break (advance / start)
         self._last_logged_pct = 0.0
         self._tty = bool(getattr(self.stream, "isatty", lambda: False)())
+
+    def start(self, total: int, desc: str = "") -> None:
+        """(Re)starts the bar for ``total`` units (the library calls this; see :class:`find_jax.loop.ProgressSink`)."""
+        if total < 0:
+            raise ValueError(f"total must be >= 0; got {total}")
+        self.total, self.desc = int(total), desc or self.desc
+        self.done, self.fields, self._timed, self._timed_s = 0, {}, 0, 0.0
+        self._t_start, self._t_last, self._last_logged_pct = self.clock(), None, 0.0
 
     def rate_s(self) -> float:
         """Mean seconds per unit, measured between consecutive updates (``nan`` until known)."""

@@ -76,7 +76,7 @@ def write_run_report(workdir: str | Path) -> str:
     """``reward_curve.png`` and ``final_samples.png`` in a finished run directory; returns a one-line summary."""
     workdir = Path(workdir)
     metrics = read_metrics(workdir / "metrics.jsonl")
-    from find_jax.trainer import read_run
+    from find_jax.rundir import read_run
 
     config, _ = read_run(workdir)
     plot_reward_curve(metrics, workdir / "reward_curve.png", title=config.prompt)

@@ -177,18 +177,53 @@ def _write_flax_weights(folder: Path, unet_pt: Any, vae_pt: Any, text_pt: Any) -
         convert_pytorch_state_dict_to_flax as convert_transformers,
     )
 
-    from find_jax.models import _ShapeOnly, _ShapeTree
+    from find_jax.envs.loading import ShapeOnly, ShapeTree
 
     for name, pt, cls in (("unet", unet_pt, FlaxUNet2DConditionModel), ("vae", vae_pt, FlaxAutoencoderKL)):
         (folder / name).mkdir(exist_ok=True)
         (folder / name / "config.json").write_text(json.dumps(dict(pt.config)))
         model = cls.from_config(dict(pt.config))
         sd = {k: v.detach() for k, v in pt.state_dict().items()}
-        params = convert_pytorch_state_dict_to_flax(sd, _ShapeOnly(model))
+        params = convert_pytorch_state_dict_to_flax(sd, ShapeOnly(model))
         (folder / name / "diffusion_flax_model.msgpack").write_bytes(to_bytes(jax.device_get(params)))
     text_dir = folder / "text_encoder"
     text_pt.config.save_pretrained(text_dir)
     flax_text = FlaxCLIPTextModel(text_pt.config, _do_init=False)
     sd = {k: v.detach().numpy() for k, v in text_pt.state_dict().items()}
-    params = convert_transformers(sd, _ShapeTree(flax_text))
+    params = convert_transformers(sd, ShapeTree(flax_text))
     flax_text.save_pretrained(text_dir, params=params)
+
+
+class FunctionEnvironment:
+    """An :class:`~find_jax.envs.base.Environment` around a per-prompt function, for tests and toy problems.
+
+    ``env_fn(latents [N, *latent_shape], rng [2]) -> media [N, ...]`` is vmapped over the prompt axis (every
+    prompt sees the same function); prompt embeddings are ``embed_fn(prompt) -> [E]`` (default: none).
+    """
+
+    kind = "image"
+
+    def __init__(self, env_fn, latent_shape, *, embed_fn=None, source: str = "test", fingerprint: str = ""):
+        import jax
+
+        self.latent_shape = tuple(int(d) for d in latent_shape)
+        self.source, self.fingerprint = source, fingerprint
+        self._embed_fn = embed_fn
+        self._batched = jax.vmap(env_fn)
+        self.calls = 0  # batched calls made (tests count them)
+
+    def bind(self, prompts):
+        import jax.numpy as jnp
+
+        def env_fn(latents, rngs):
+            self.calls += 1
+            return self._batched(jnp.asarray(latents), jnp.asarray(rngs))
+
+        return env_fn
+
+    def prompt_embeddings(self, prompts):
+        import numpy as np
+
+        if self._embed_fn is None:
+            raise ValueError("this test environment has no prompt embeddings (give embed_fn)")
+        return np.stack([np.asarray(self._embed_fn(p), np.float32).ravel() for p in prompts])

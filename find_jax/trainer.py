@@ -1,18 +1,20 @@
-"""The FIND optimisation loop (paper Algorithm 1) against an abstract environment.
+"""FIND's state and its pure, jitted steps (paper Algorithm 1), for any latent shape and any environment.
 
-One iteration for one prompt:
+One iteration for one prompt (the host side is :mod:`find_jax.loop`):
 
-1. ``x ~ pi_theta``: ``samples_per_iter`` latents ``[N, C, h, w]`` (Eq. 6), key ``fold_in(rng, step)``;
-2. ``images = env_fn(x, rng_env)`` — the frozen sampler, a black box (no gradient);
-3. ``r = reward_fn(images, [prompt] * N)`` on the host; non-finite rewards are skipped and counted;
-4. :func:`make_update_fn`'s pure, jitted ``update(state, batch)``:
+1. ``x ~ pi_theta``: ``samples_per_iter`` latents ``[N, *latent_shape]`` (Eq. 6), key ``fold_in(rng, step)``
+   (:func:`iteration_sample_jit`); ``latent_shape`` is ``(C, h, w)`` for images, ``(C, F, h, w)`` for video;
+2. ``media = env_fn(x, rng_env)`` — the frozen sampler, a black box (no gradient);
+3. ``r = reward_fn(media, [prompt] * N)`` on the host; non-finite rewards are skipped and counted;
+4. :func:`make_update_fn`'s pure ``update(state, batch)``:
    DRCM prediction ``V = V_phi(mu, sigma)`` and one AdamW step on Eq. 10; advantage ``A = r - V``
    (``A = r`` without DRCM); the samples enter the replay buffer with ``logp_ref``; ``update_epochs``
    AdamW steps on the policy loss of :mod:`find_jax.objective` (Eq. 13 over the buffer, or REINFORCE
    on the current samples without RCA); the sigma projection of the ``clamp`` parameterisation.
 
 The state (:class:`FindState`) is one pytree whose every leaf can take a leading prompt axis, and the update
-is a pure function of ``(state, batch)``, so batching prompts is ``jax.vmap`` over both.
+is a pure function of ``(state, batch)``, so batching prompts is ``jax.vmap`` over both
+(:func:`make_batch_update_fn`); the loop always runs the batched form, a single prompt being a set of one.
 
 Randomness: one seed, split once into ``rng_init`` (DRCM init), ``rng_loop`` (kept in the state; iteration
 ``k`` uses ``fold_in(rng_loop, k)``) and ``rng_final`` (final samples). No host RNG; a resumed run draws the
@@ -22,13 +24,8 @@ same numbers and ends in exactly the state of an uninterrupted one.
 from __future__ import annotations
 
 import functools
-import hashlib
-import json
 import logging
-import sys
-import time
-from collections.abc import Callable
-from pathlib import Path
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
@@ -37,10 +34,8 @@ import numpy as np
 import optax
 from flax import struct
 
-from find_jax import checkpoint as ckpt
-from find_jax.config import FindConfig, config_diff, config_from_dict, config_hash, config_to_dict
+from find_jax.config import FindConfig
 from find_jax.drcm import DrcmMLP, drcm_feature_dim, drcm_features, drcm_loss_fn
-from find_jax.metrics import MetricsWriter, truncate_after
 from find_jax.objective import masked_mean, policy_loss_fn
 from find_jax.policy import (
     PolicyParams,
@@ -55,28 +50,14 @@ from find_jax.replay import ReplayBuffer, add_to_replay, init_replay
 
 logger = logging.getLogger(__name__)
 
-EnvFn = Callable[[jax.Array, jax.Array], jax.Array]  # env_fn(latents [N, C, h, w], rng) -> images [N, H, W, 3]
-RewardFn = Callable[[Any, list[str]], np.ndarray]  # reward_fn(images, prompts) -> [N] float32
-
-CONFIG_FILE = "config.json"
-METRICS_FILE = "metrics.jsonl"
-CHECKPOINT_DIR = "checkpoints"
-RUN_FORMAT_VERSION = 1
-
-
-class RunDirError(RuntimeError):
-    """The workdir cannot be used for this run (another config/model/shape, or not a find-jax run)."""
-
-
-class BadRewardError(RuntimeError):
-    """Too many non-finite rewards: the run stopped (its last good state is checkpointed)."""
+RewardFn = Callable[[Any, list[str]], np.ndarray]  # reward_fn(media [B, ...], prompts [B]) -> [B] float32
 
 
 @struct.dataclass
 class FindState:
     """Everything one prompt's optimisation carries from iteration to iteration.
 
-    policy: mu, sigma_raw [C, h, w]; policy_opt_state: AdamW state of the policy;
+    policy: mu, sigma_raw [*latent_shape]; policy_opt_state: AdamW state of the policy;
     drcm_params / drcm_opt_state: V_phi and its AdamW state; replay: :class:`ReplayBuffer`;
     step: [] int32 iterations done; rng: [2] uint32 loop key (iteration k uses ``fold_in(rng, k)``);
     bad_rewards: [] int32 non-finite rewards skipped so far.
@@ -97,13 +78,13 @@ class FindState:
 
     @property
     def sigma(self) -> jax.Array:
-        """The standard deviation ``[C, h, w]`` of the learned distribution."""
+        """The standard deviation ``[*latent_shape]`` of the learned distribution."""
         return sigma_fn(self.policy.sigma_raw, sigma_param=self.sigma_param, sigma_min=self.sigma_min)
 
 
 @struct.dataclass
 class Batch:
-    """One iteration's observations: x [N, C, h, w]; reward [N] (0 where invalid); valid [N] bool;
+    """One iteration's observations: x [N, *latent_shape]; reward [N] (0 where invalid); valid [N] bool;
     prompt_embedding [E] (E = 0 unless the DRCM is text-conditioned)."""
 
     x: jax.Array
@@ -150,7 +131,7 @@ def prompt_embed_dim(config: FindConfig, prompt_embedding: np.ndarray | None) ->
     return int(emb.size)
 
 
-def init_state(config: FindConfig, latent_shape: tuple[int, int, int], *, embed_dim: int = 0) -> FindState:
+def init_state(config: FindConfig, latent_shape: Sequence[int], *, embed_dim: int = 0) -> FindState:
     """The initial state: policy N(0, I), a fresh V_phi, empty replay, step 0 (all from ``config.seed``).
 
     Built by one jitted function (eager construction costs one compilation per small op).
@@ -181,12 +162,16 @@ def init_state(config: FindConfig, latent_shape: tuple[int, int, int], *, embed_
     return jax.jit(build)()
 
 
-def check_latent_shape(latent_shape: Any) -> tuple[int, int, int]:
-    """``latent_shape`` as a tuple of ints ``(C, h, w)``; raises ``ValueError`` unless three positive sizes."""
-    shape = tuple(int(d) for d in latent_shape)
-    if len(shape) != 3 or any(d < 1 for d in shape):
-        raise ValueError(f"latent_shape must be (C, h, w) with positive sizes; got {latent_shape}")
-    return shape  # type: ignore[return-value]
+def check_latent_shape(latent_shape: Any) -> tuple[int, ...]:
+    """``latent_shape`` as a tuple of ints: ``(C, h, w)`` (images) or ``(C, F, h, w)`` (video); raises
+    ``ValueError`` unless it has three or four positive sizes."""
+    try:
+        shape = tuple(int(d) for d in latent_shape)
+    except (TypeError, ValueError):
+        raise ValueError(f"latent_shape must be (C, h, w) or (C, F, h, w); got {latent_shape!r}") from None
+    if len(shape) not in (3, 4) or any(d < 1 for d in shape):
+        raise ValueError(f"latent_shape must be (C, h, w) or (C, F, h, w) with positive sizes; got {latent_shape}")
+    return shape
 
 
 def make_update_fn(
@@ -318,7 +303,7 @@ def make_update_fn(
 
 
 def sample_from_state(state: FindState, rng: jax.Array, n: int) -> jax.Array:
-    """``n`` latents ``[n, C, h, w]`` from the learned distribution N(mu, sigma^2) of ``state``."""
+    """``n`` latents ``[n, *latent_shape]`` from the learned distribution N(mu, sigma^2) of ``state``."""
     if n < 1:
         raise ValueError(f"n must be >= 1; got {n}")
     return sample_jit(state.policy, rng, n=n, sigma_param=state.sigma_param, sigma_min=state.sigma_min)
@@ -326,7 +311,8 @@ def sample_from_state(state: FindState, rng: jax.Array, n: int) -> jax.Array:
 
 @functools.partial(jax.jit, static_argnames=("n", "sigma_param", "sigma_min"))
 def sample_jit(policy: PolicyParams, rng: jax.Array, *, n: int, sigma_param: str, sigma_min: float) -> jax.Array:
-    """``n`` latents ``[n, C, h, w]`` from N(mu, sigma^2) of ``policy`` with key ``rng`` (jitted; keywords static)."""
+    """``n`` latents ``[n, *latent_shape]`` from N(mu, sigma^2) of ``policy`` with key ``rng`` (jitted; keywords
+    static)."""
     return rng_sample_fn(rng, policy, n, sigma_param=sigma_param, sigma_min=sigma_min)
 
 
@@ -334,7 +320,7 @@ def sample_jit(policy: PolicyParams, rng: jax.Array, *, n: int, sigma_param: str
 def iteration_sample_jit(
     policy: PolicyParams, rng_loop: jax.Array, step: jax.Array, *, n: int, sigma_param: str, sigma_min: float
 ) -> tuple[jax.Array, jax.Array]:
-    """Iteration ``step``'s draw: ``(x [n, C, h, w], rng_env)`` from ``fold_in(rng_loop, step)`` (jitted).
+    """Iteration ``step``'s draw: ``(x [n, *latent_shape], rng_env)`` from ``fold_in(rng_loop, step)`` (jitted).
 
     A resumed run, and each prompt of a batch run, draws the same numbers as an uninterrupted single run.
     """
@@ -343,282 +329,77 @@ def iteration_sample_jit(
 
 
 # ----------------------------------------------------------------------------------------------------------
-# Run directory
+# Prompt sets: every leaf with a leading prompt axis [P, ...], the update vmapped over it.
 
 
-def array_hash(a: np.ndarray | None) -> str:
-    """A 16-hex-digit SHA-256 of ``a`` as float32 bytes and shape (``""`` for ``None``): the prompt embedding's
-    fingerprint in ``config.json``. Exact: any change of a bit gives another hash."""
-    if a is None:
-        return ""
-    a = np.ascontiguousarray(np.asarray(a, np.float32))
-    return hashlib.sha256(a.tobytes() + str(a.shape).encode()).hexdigest()[:16]
+def stack_states(states: Sequence[FindState]) -> FindState:
+    """``P`` states -> one state whose every leaf has a leading prompt axis ``[P, ...]``."""
+    return jax.tree.map(lambda *leaves: np.stack([np.asarray(x) for x in leaves]), *states)
 
 
-def run_record(config, latent_shape, embed_dim, model_id, weights_hash, embedding_hash) -> dict[str, Any]:
-    """The run's ``config.json`` record: config, frozen model id and hash, ``latent_shape (C, h, w)``,
-    ``embed_dim`` and the prompt embedding's :func:`array_hash`; a resume must match it."""
-    return {
-        "format_version": RUN_FORMAT_VERSION,
-        "config": config_to_dict(config),
-        "model_id": model_id,
-        "weights_hash": weights_hash,
-        "latent_shape": list(latent_shape),
-        "embed_dim": embed_dim,
-        "prompt_embedding_hash": embedding_hash,
-    }
+def unstack_state(state: FindState, index: int) -> FindState:
+    """Prompt ``index`` of a stacked state, as host (numpy) arrays."""
+    return jax.tree.map(lambda a: np.asarray(a)[index], state)
 
 
-def read_run(workdir: str | Path) -> tuple[FindConfig, dict[str, Any]]:
-    """``(config, record)`` from a run directory's ``config.json`` (record: model id, shapes, hashes)."""
-    path = Path(workdir) / CONFIG_FILE
-    if not path.exists():
-        raise RunDirError(f"{workdir} is not a find-jax run directory: {CONFIG_FILE} is missing")
-    try:
-        record = json.loads(path.read_text())
-        config = config_from_dict(record["config"])
-    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
-        raise RunDirError(f"{path} is unreadable or not a find-jax run config: {e}") from e
-    return config, record
+def make_batch_update_fn(config: FindConfig):
+    """The vmapped update ``update(state [P], batch [P], active [P]) -> (state, metrics [P])`` (not jitted).
 
+    Per prompt: ``active`` and at least one finite reward -> the trainer's update (Eq. 10, 13; kept only if
+    the new parameters are finite, ``metrics["params/finite"]``); ``active`` and no finite reward -> only
+    ``step`` and ``bad_rewards`` advance (as a single run skips the update); inactive -> unchanged.
 
-def prepare_workdir(workdir: Path, record: dict[str, Any], config: FindConfig) -> bool:
-    """Creates ``workdir`` or checks it belongs to this run; returns True if it holds a previous run."""
-    if workdir.exists() and not workdir.is_dir():
-        raise RunDirError(f"workdir {workdir} exists and is not a directory")
-    cfg_path = workdir / CONFIG_FILE
-    if workdir.exists() and not cfg_path.exists():
-        if any(workdir.iterdir()):
-            raise RunDirError(
-                f"workdir {workdir} is not empty and has no {CONFIG_FILE}: refusing to write a run into it "
-                "(choose a new or empty directory)"
-            )
-    if cfg_path.exists():
-        old_config, old = read_run(workdir)
-        problems = [
-            f"config.{k}: existing {a!r}, requested {b!r}" for k, (a, b) in config_diff(old_config, config).items()
-        ]
-        for key in ("model_id", "weights_hash", "latent_shape", "embed_dim", "prompt_embedding_hash"):
-            if old.get(key) != record[key]:
-                problems.append(f"{key}: existing {old.get(key)!r}, requested {record[key]!r}")
-        if problems:
-            raise RunDirError(
-                f"workdir {workdir} holds a run with a different setup, refusing to resume or overwrite it: "
-                + "; ".join(problems)
-                + ". Use a new --workdir, or the same settings to resume."
-            )
-        return True
-    workdir.mkdir(parents=True, exist_ok=True)
-    tmp = cfg_path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(record, indent=2, sort_keys=True))
-    tmp.replace(cfg_path)
-    return False
-
-
-def checkpoint_meta(config: FindConfig, record: dict[str, Any]) -> dict[str, Any]:
-    """The metadata stored with (and checked on restore of) each checkpoint: config hash, latent shape,
-    ``embed_dim``, model id and weights hash, from ``record`` (:func:`run_record`)."""
-    return {
-        "config_hash": config_hash(config),
-        "latent_shape": list(record["latent_shape"]),
-        "embed_dim": record["embed_dim"],
-        "model_id": record["model_id"],
-        "weights_hash": record["weights_hash"],
-    }
-
-
-def _to_host_metrics(metrics: dict[str, jax.Array]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in jax.device_get(metrics).items():
-        v = np.asarray(v)
-        out[k] = bool(v) if v.dtype == bool else (int(v) if np.issubdtype(v.dtype, np.integer) else float(v))
-    return out
-
-
-def optimize(
-    config: FindConfig,
-    workdir: str | Path,
-    *,
-    env_fn: EnvFn,
-    reward_fn: RewardFn,
-    latent_shape: tuple[int, int, int],
-    prompt_embedding: np.ndarray | None = None,
-    model_id: str = "",
-    weights_hash: str = "",
-    progress: bool = False,
-) -> FindState:
-    """Runs (or resumes) FIND for ``config.prompt`` in ``workdir`` and returns the final state.
-
-    env_fn(latents [N, C, h, w], rng) -> images [N, H, W, 3] in [0, 1] (the frozen sampler);
-    reward_fn(images, prompts) -> [N] float32 host array. ``prompt_embedding: [E]`` is required when
-    ``config.drcm_text_conditioned``. ``model_id`` / ``weights_hash`` identify the frozen model (recorded
-    in ``config.json`` and checkpoints; the weights themselves are never saved).
-
-    Writes ``config.json``, ``metrics.jsonl`` (one line per iteration), Orbax checkpoints every
-    ``checkpoint_every`` iterations and at the end, and finally ``final_latents.npy`` /
-    ``final_samples.npy`` / ``final_rewards.npy`` (``num_final_samples`` draws from the learned
-    distribution). An existing workdir of the same setup resumes from its last checkpoint; one of another
-    setup raises :class:`RunDirError`. Non-finite rewards are skipped and counted; more than
-    ``max_bad_rewards`` raises :class:`BadRewardError`; NaN parameters raise ``FloatingPointError``.
+    With one prompt (``P = 1``, known when tracing) the update runs unbatched on the squeezed state: XLA rounds
+    the vmapped DRCM's batched matmuls differently (~3e-5 in mu after 150 iterations), and a single run's
+    results should not depend on this being the prompt-set code path.
     """
-    if not config.prompt.strip():
-        raise ValueError("config.prompt is empty: give the text prompt to optimise for")
-    latent_shape = check_latent_shape(latent_shape)
-    embed_dim = prompt_embed_dim(config, prompt_embedding)
-    emb = np.asarray(prompt_embedding, np.float32).ravel() if embed_dim else np.zeros((0,), np.float32)
-    record = run_record(config, latent_shape, embed_dim, model_id, weights_hash, array_hash(emb if embed_dim else None))
-    workdir = Path(workdir)
-    resuming = prepare_workdir(workdir, record, config)
+    one_fn = make_update_fn(config)
+    batched_fn = jax.vmap(one_fn)
 
-    manager = ckpt.make_manager(workdir / CHECKPOINT_DIR)
-    meta = checkpoint_meta(config, record)
-    state = init_state(config, latent_shape, embed_dim=embed_dim)
-    if resuming and manager.latest_step() is not None:
-        state, _ = ckpt.restore_checkpoint(manager, state, meta)
-        logger.info("resuming %s from iteration %d", workdir, int(state.step))
-    start = int(state.step)
-    metrics_path = workdir / METRICS_FILE
-    dropped = truncate_after(metrics_path, start)
-    if dropped:
-        logger.info("dropped %d metric lines past the checkpoint at iteration %d (they are redone)", dropped, start)
-    writer = MetricsWriter(metrics_path)
+    def update_fn(state: FindState, batch: Batch):
+        if state.step.shape[0] != 1:
+            return batched_fn(state, batch)
+        squeeze = lambda tree: jax.tree.map(lambda a: a[0], tree)
+        new, metrics = one_fn(squeeze(state), squeeze(batch))
+        return jax.tree.map(lambda a: a[None], (new, metrics))
 
-    n = config.samples_per_iter
-    prompts = [config.prompt] * n
-    update_jit = jax.jit(make_update_fn(config), donate_argnums=0)
-    emb_dev = jnp.asarray(emb)
+    def update(state: FindState, batch: Batch, active: jax.Array):
+        new, metrics = update_fn(state, batch)
+        any_valid = jnp.any(batch.valid, axis=1)
+        n_bad = jnp.sum(~batch.valid, axis=1).astype(jnp.int32)
+        take_new = active & any_valid & metrics["params/finite"]
+        take_skip = active & ~any_valid
+        skipped = state.replace(step=state.step + 1, bad_rewards=state.bad_rewards + n_bad)
 
-    for it in range(start, config.iterations):
-        t0 = time.perf_counter()
-        x, rng_env = iteration_sample_jit(
-            state.policy,
-            state.rng,
-            jnp.int32(it),
-            n=n,
-            sigma_param=config.sigma_param,
-            sigma_min=float(config.sigma_min),
-        )
-        images = jax.block_until_ready(env_fn(x, rng_env))  # so time/env_s is the sampler's time
-        t_env = time.perf_counter()
-        rewards = np.asarray(reward_fn(images, prompts), np.float32).reshape(-1)
-        if rewards.shape != (n,):
-            raise ValueError(f"reward_fn returned {rewards.shape[0]} rewards for {n} images")
-        t_reward = time.perf_counter()
-        valid = np.isfinite(rewards)
-        n_bad = int(n - valid.sum())
-        if n_bad:
-            total_bad = int(state.bad_rewards) + n_bad
-            logger.warning("iteration %d: %d non-finite reward(s) skipped (%d so far)", it, n_bad, total_bad)
-            if total_bad > config.max_bad_rewards:
-                ckpt.save_checkpoint(manager, it, state, meta)
-                raise BadRewardError(
-                    f"{total_bad} non-finite rewards (limit max_bad_rewards={config.max_bad_rewards}) at "
-                    f"iteration {it}: the reward model returned {rewards.tolist()}. The state before this "
-                    f"iteration is checkpointed in {workdir}."
-                )
-        if valid.any():
-            batch = Batch(
-                x=x,
-                reward=jnp.asarray(np.where(valid, rewards, 0.0)),
-                valid=jnp.asarray(valid),
-                prompt_embedding=emb_dev,
-            )
-            state, dev_metrics = update_jit(state, batch)
-            m = _to_host_metrics(dev_metrics)
-            if not m["params/finite"]:
-                raise FloatingPointError(
-                    f"the policy or DRCM parameters became NaN/inf at iteration {it} (metrics: {m}); the last good "
-                    f"checkpoint in {workdir / CHECKPOINT_DIR} is step {manager.latest_step()}"
-                )
-        else:
-            state = state.replace(step=state.step + 1, bad_rewards=state.bad_rewards + n_bad)
-            m = {"reward/num_valid": 0}
-        t_end = time.perf_counter()
-        m.update(
-            {
-                "step": it + 1,
-                "rewards/bad_total": int(state.bad_rewards),
-                "time/iter_s": t_end - t0,
-                "time/env_s": t_env - t0,
-                "time/reward_s": t_reward - t_env,
-                "time/update_s": t_end - t_reward,
-            }
-        )
-        writer.write(m)
-        if progress:
-            r = m.get("reward/mean", float("nan"))
-            sys.stderr.write(f"\riter {it + 1}/{config.iterations}  reward {r:+.4f}  {m['time/iter_s']:.2f}s ")
-            sys.stderr.flush()
-        if (it + 1) % config.checkpoint_every == 0 or it + 1 == config.iterations:
-            ckpt.save_checkpoint(manager, it + 1, state, meta)
-    if progress:
-        sys.stderr.write("\n")
-    if int(state.step) == config.iterations and manager.latest_step() != config.iterations:
-        ckpt.save_checkpoint(manager, config.iterations, state, meta)
-    _write_final_samples(config, state, workdir, env_fn, reward_fn)
-    return state
+        def pick(n, s, o):
+            shape = (-1,) + (1,) * (n.ndim - 1)
+            return jnp.where(take_new.reshape(shape), n, jnp.where(take_skip.reshape(shape), s, o))
+
+        return jax.tree.map(pick, new, skipped, state), metrics
+
+    return update
 
 
-def _write_final_samples(
-    config: FindConfig, state: FindState, workdir: Path, env_fn: EnvFn, reward_fn: RewardFn
-) -> None:
-    """``final_latents.npy`` [n, C, h, w], ``final_samples.npy`` [n, H, W, 3], ``final_rewards.npy`` [n]."""
-    n = config.num_final_samples
-    if n == 0:
-        return
-    _, _, rng_final = split_seed(config.seed)
+@functools.lru_cache(maxsize=8)
+def batch_update_jit(config: FindConfig):
+    """The jitted batch update for ``config`` (its prompt blanked), compiled once per config and shape and
+    reused by every later batch of this process (the config is frozen and hashable)."""
+    return jax.jit(make_batch_update_fn(config), donate_argnums=0)
+
+
+@functools.partial(jax.jit, static_argnames=("n", "sigma_param", "sigma_min"))
+def batch_iteration_sample(policy, rng_loop, step, *, n: int, sigma_param: str, sigma_min: float):
+    """Every prompt's draw for its own iteration ``step[p]``: ``(x [P, n, *latent_shape], rng_env [P, 2])``,
+    the very numbers a single run of that prompt draws."""
+    one = functools.partial(iteration_sample_jit, n=n, sigma_param=sigma_param, sigma_min=sigma_min)
+    return jax.vmap(one)(policy, rng_loop, step)
+
+
+@functools.partial(jax.jit, static_argnames=("n", "sigma_param", "sigma_min"))
+def batch_final_sample(policy, rng_final, *, n: int, sigma_param: str, sigma_min: float):
+    """``(latents [P, n, *latent_shape], rng_env [2])`` of the final samples, as a single run's ``final_*``."""
     rng_sample, rng_env = jax.random.split(rng_final)
-    latents = sample_from_state(state, rng_sample, n)
-    images = np.asarray(jax.device_get(env_fn(latents, rng_env)), np.float32)
-    rewards = np.asarray(reward_fn(images, [config.prompt] * n), np.float32).reshape(-1)
-    for name, arr in (
-        ("final_latents", np.asarray(latents)),
-        ("final_samples", images),
-        ("final_rewards", rewards),
-    ):
-        tmp = workdir / f"{name}.tmp.npy"
-        np.save(tmp, arr)
-        tmp.replace(workdir / f"{name}.npy")
-
-
-def load_state(workdir: str | Path, *, step: int | None = None) -> FindState:
-    """The state of the latest (or ``step``'s) checkpoint in ``workdir``.
-
-    The template comes from the run's ``config.json``; a checkpoint written for another latent shape,
-    config or model, or a corrupt one, raises :class:`~find_jax.checkpoint.CheckpointError` with the reason.
-    """
-    workdir = Path(workdir)
-    config, record = read_run(workdir)
-    ckpt_dir = workdir / CHECKPOINT_DIR
-    if not ckpt_dir.exists():
-        raise ckpt.CheckpointError(f"{workdir} has no checkpoints yet ({ckpt_dir} is missing)")
-    manager = ckpt.make_manager(ckpt_dir)
-    template = init_state(config, tuple(record["latent_shape"]), embed_dim=int(record["embed_dim"]))
-    state, _ = ckpt.restore_checkpoint(manager, template, checkpoint_meta(config, record), step=step)
-    return state
-
-
-__all__ = [
-    "Batch",
-    "BadRewardError",
-    "EnvFn",
-    "FindState",
-    "RewardFn",
-    "RunDirError",
-    "array_hash",
-    "check_latent_shape",
-    "checkpoint_meta",
-    "init_state",
-    "iteration_sample_jit",
-    "load_state",
-    "make_optimizers",
-    "make_update_fn",
-    "optimize",
-    "prepare_workdir",
-    "prompt_embed_dim",
-    "read_run",
-    "run_record",
-    "sample_from_state",
-    "sample_jit",
-    "split_seed",
-]
+    one = functools.partial(sample_jit, n=n, sigma_param=sigma_param, sigma_min=sigma_min)
+    if policy.mu.shape[0] == 1:  # one prompt: unbatched, so the draws equal a single run's bit for bit
+        return one(jax.tree.map(lambda a: a[0], policy), rng_sample)[None], rng_env
+    return jax.vmap(one, in_axes=(0, None))(policy, rng_sample), rng_env

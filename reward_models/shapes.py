@@ -1,6 +1,6 @@
 """The shapes-world scorer: exact prompt alignment of a 32x32 image, as a reward with ground truth.
 
-The caption is parsed with the world's grammar (:func:`find_jax.shapes.world.parse_caption`; anything
+The caption is parsed with the world's grammar (:func:`find_jax.envs.image.shapes.world.parse_caption`; anything
 else raises ``ValueError`` listing the grammar). The image is measured:
 
 1. each pixel is classified to the nearest (Euclidean RGB) of black + the six world colours;
@@ -50,7 +50,7 @@ from typing import Any
 
 import numpy as np
 
-from find_jax.shapes import world
+from find_jax.envs.image.shapes import world
 from reward_models.registry import register
 
 PALETTE_NAMES: tuple[str, ...] = ("black", *world.COLOUR_NAMES)

@@ -40,7 +40,7 @@ def child(args: argparse.Namespace) -> None:
     logging.disable(logging.WARNING)
     from find_jax.batch import run_batch
     from find_jax.metrics import read_metrics
-    from find_jax.models import load_model
+    from find_jax.envs import load_model
     from find_jax.optimize import make_config, run
     from find_jax.prompts import PromptItem
 

@@ -80,7 +80,7 @@ def worker(args: argparse.Namespace) -> dict:
     if args.framework == "jax":
         import jax
 
-        from find_jax.models import load_model
+        from find_jax.envs import load_model
         from find_jax.sampler import configure_cpu_devices, make_environment
 
         configure_cpu_devices(args.cpu_devices)

@@ -25,15 +25,15 @@ def main(argv: list[str] | None = None) -> None:
     import jax
     import numpy as np
 
-    from find_jax.sampler import configure_cpu_devices
+    from find_jax.envs.devices import configure_cpu_devices
 
     configure_cpu_devices()  # $FIND_JAX_CPU_DEVICES, before JAX starts
 
-    from find_jax.models import load_model
+    from find_jax.envs import load_model
     from find_jax.optimize import model_defaults
     from find_jax.sampler import make_environment
-    from find_jax.shapes import evaluation as ev
-    from find_jax.shapes import world
+    from find_jax import evaluate_shapes as ev
+    from find_jax.envs.image.shapes import world
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--set", choices=("tuning", "rare"), default="tuning")

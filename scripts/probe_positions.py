@@ -70,7 +70,7 @@ def main(argv: list[str] | None = None) -> dict:
     import jax.numpy as jnp
     import numpy as np
 
-    from find_jax.models import load_model
+    from find_jax.envs import load_model
     from find_jax.optimize import model_defaults
     from find_jax.sampler import ddim_schedule, encode_prompts, make_environment
 

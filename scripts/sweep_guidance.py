@@ -27,17 +27,17 @@ def main(argv: list[str] | None = None) -> dict:
     if not scales or min(scales) < 0 or a.num_images < 1:
         p.error("--guidance needs scales >= 0 and --num-images >= 1")
 
-    from find_jax.sampler import configure_cpu_devices
+    from find_jax.envs.devices import configure_cpu_devices
 
     configure_cpu_devices()  # $FIND_JAX_CPU_DEVICES, before JAX starts
 
     import jax
     import numpy as np
 
-    from find_jax.models import load_model
+    from find_jax.envs import load_model
     from find_jax.optimize import model_defaults
     from find_jax.sampler import encode_prompts, make_environment, make_text_encoder
-    from find_jax.shapes import evaluation as ev
+    from find_jax import evaluate_shapes as ev
 
     model = load_model(None)
     steps = int(model_defaults(None).get("steps", 20))

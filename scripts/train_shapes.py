@@ -11,10 +11,11 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 
-from find_jax.sampler import configure_cpu_devices
-from find_jax.shapes import model as shapes_model
-from find_jax.shapes.train import TrainConfig, train
+from find_jax.envs.devices import configure_cpu_devices
+from find_jax.envs.image.shapes import model as shapes_model
+from find_jax.envs.image.shapes.train import TrainConfig, train
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -27,6 +28,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--batch", type=int, default=d.batch, help="images per step")
     p.add_argument("--seed", type=int, default=d.seed, help="seed of data, init and noise")
     p.add_argument("--lr", type=float, default=d.learning_rate, help="peak learning rate")
+    p.add_argument("--warmup-steps", type=int, default=d.warmup_steps, help="linear warm-up steps")
+    p.add_argument("--lr-final-fraction", type=float, default=d.lr_final_fraction, help="final lr / peak lr")
+    p.add_argument("--ema-decay", type=float, default=d.ema_decay, help="EMA decay of the exported weights")
+    p.add_argument("--init-from", default=d.init_from, help="saved model dir to warm-start from (same architecture)")
     p.add_argument("--checkpoint-every", type=int, default=d.checkpoint_every, help="steps between checkpoints")
     p.add_argument("--log-every", type=int, default=d.log_every, help="steps between metrics lines")
     p.add_argument(
@@ -53,6 +58,10 @@ def main(argv: list[str] | None = None) -> None:
         batch=a.batch,
         seed=a.seed,
         learning_rate=a.lr,
+        warmup_steps=a.warmup_steps,
+        lr_final_fraction=a.lr_final_fraction,
+        ema_decay=a.ema_decay,
+        init_from=os.path.abspath(a.init_from) if a.init_from else "",
         checkpoint_every=a.checkpoint_every,
         log_every=a.log_every,
         high_noise_fraction=a.high_noise_fraction,

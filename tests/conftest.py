@@ -32,6 +32,6 @@ def tiny_sd_bin_dir(tmp_path_factory):
 @pytest.fixture(scope="session")
 def tiny_model(tiny_sd_dir):
     """The tiny model loaded (float32, Flax weights)."""
-    from find_jax.models import load_model
+    from find_jax.envs import load_model
 
     return load_model(tiny_sd_dir)

@@ -241,7 +241,7 @@ SHARDED_SCRIPT = textwrap.dedent(
     import jax, numpy as np
     from find_jax import batch, trainer
     from find_jax.config import get_preset
-    from find_jax.models import load_model
+    from find_jax.envs import load_model
     from find_jax.prompts import PromptItem
     from find_jax.sampler import encode_prompts, make_environment
     from reward_models import make_reward

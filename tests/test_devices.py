@@ -14,12 +14,12 @@ import pytest
 from multidevice import run_on_four_devices
 
 from find_jax.cli import main
-from find_jax.sampler import CPU_DEVICES_ENV, batch_mesh, configure_cpu_devices
+from find_jax.envs.devices import CPU_DEVICES_ENV, batch_mesh, configure_cpu_devices
 
 SHARDED_SAMPLER_SCRIPT = r"""
 import json, logging, sys
 import jax, numpy as np
-from find_jax.models import load_model
+from find_jax.envs import load_model
 from find_jax.sampler import batch_mesh, make_environment
 
 records = []

@@ -1,4 +1,4 @@
-"""find_jax.fast_norm: the GroupNorm rewrite equals Flax's GroupNorm, runs only where it applies, and leaves
+"""find_jax.envs.image.fast_norm: the GroupNorm rewrite equals Flax's GroupNorm, runs only where it applies, and leaves
 the sampler's images unchanged."""
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from find_jax import fast_norm
-from find_jax.fast_norm import fast_group_norm
+from find_jax.envs.image import fast_norm
+from find_jax.envs.image.fast_norm import fast_group_norm
 
 
 def _perturbed(module: nn.Module, x: jax.Array):

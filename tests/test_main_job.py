@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from find_jax.cli import main
-from find_jax.models import load_model, shipped_model_dir
-from find_jax.shapes.model import FIND_DEFAULTS
+from find_jax.envs import load_model, shipped_model_dir
+from find_jax.envs.image.shapes.model import FIND_DEFAULTS
 
 
 def test_shipped_model_loads_with_its_defaults():

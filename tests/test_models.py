@@ -9,7 +9,7 @@ import jax
 import numpy as np
 import pytest
 
-from find_jax.models import ModelLoadError, load_model
+from find_jax.envs import ModelLoadError, load_model
 
 
 def _max_diff(a, b):

@@ -172,7 +172,9 @@ def test_resample_names():
 def _hf_processor(size: int, resample: int = 3):
     from transformers import CLIPImageProcessor
 
-    return CLIPImageProcessor(size={"shortest_edge": size}, crop_size={"height": size, "width": size}, resample=resample)
+    return CLIPImageProcessor(
+        size={"shortest_edge": size}, crop_size={"height": size, "width": size}, resample=resample
+    )
 
 
 @pytest.mark.parametrize(("shape", "resample"), [((512, 512), 3), ((90, 150), 3), ((150, 90), 2)])

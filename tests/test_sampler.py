@@ -143,7 +143,7 @@ def test_prompt_rows_are_prompt_major(env):
 
 
 def test_bfloat16_sampler_close_to_float32(tiny_sd_dir, env):
-    from find_jax.models import load_model
+    from find_jax.envs import load_model
 
     m16 = load_model(tiny_sd_dir, dtype="bfloat16")
     e16 = make_environment(m16, env.prompts, steps=8, guidance=7.5)

@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from find_jax.shapes import evaluation as ev
+from find_jax import evaluate_shapes as ev
 
 
 def test_known_methods_and_ablations():
@@ -98,7 +98,7 @@ def test_interleave_keeps_both_sets_early():
 
 def test_score_images_on_rendered_scenes():
     """Ground-truth renders are exactly aligned with their own captions and not with a wrong colour."""
-    from find_jax.shapes import world
+    from find_jax.envs.image.shapes import world
 
     rng = np.random.default_rng(0)
     objects, caption = world.sample_scene(rng)

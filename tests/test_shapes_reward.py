@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from find_jax.shapes import world
+from find_jax.envs.image.shapes import world
 from reward_models import available, make_reward
 from reward_models import shapes as S
 

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from script_loader import load_script
 
-from find_jax.shapes import model as shapes_model
-from find_jax.shapes.train import TrainConfig, alphas_cumprod, config_from_dict, config_to_dict, train
+from find_jax.envs.image.shapes import model as shapes_model
+from find_jax.envs.image.shapes.train import TrainConfig, alphas_cumprod, config_from_dict, config_to_dict, train
 
 LAYOUT = [
     "model_index.json",
@@ -81,7 +81,7 @@ def test_resume_continues_from_the_checkpoint(run):
 
 
 def test_exported_model_loads_and_samples(run):
-    from find_jax.models import load_model
+    from find_jax.envs import load_model
     from find_jax.sampler import make_environment
 
     model = load_model(str(run["out"]))
@@ -96,7 +96,7 @@ def test_exported_model_loads_and_samples(run):
 def test_a_decoder_config_that_disagrees_with_the_unet_is_refused(run, tmp_path):
     import shutil
 
-    from find_jax.models import ModelLoadError, load_model
+    from find_jax.envs import ModelLoadError, load_model
 
     copy = tmp_path / "model"
     shutil.copytree(run["out"], copy)
@@ -119,7 +119,7 @@ def test_config_round_trips_and_bad_values_raise(tmp_path):
 
 
 def test_image_latents_append_coordinate_planes_that_the_decoder_drops():
-    from find_jax.decoders import PixelDecoder
+    from find_jax.envs.image.decoders import PixelDecoder
 
     images = np.asarray(jax.random.uniform(jax.random.PRNGKey(0), (3, 32, 32, 3)))
     cfg = shapes_model.tiny_config()
@@ -138,7 +138,7 @@ def test_image_latents_append_coordinate_planes_that_the_decoder_drops():
 
 
 def test_bad_coordinate_plane_count_is_refused(tmp_path):
-    from find_jax.decoders import coord_planes
+    from find_jax.envs.image.decoders import coord_planes
 
     with pytest.raises(ValueError, match="0 or 2"):
         coord_planes(16, 16, 3)
@@ -149,7 +149,7 @@ def test_bad_coordinate_plane_count_is_refused(tmp_path):
 
 
 def test_timesteps_put_the_asked_share_of_the_batch_at_high_noise():
-    from find_jax.shapes.train import sample_timesteps
+    from find_jax.envs.image.shapes.train import sample_timesteps
 
     t = np.asarray(sample_timesteps(jax.random.PRNGKey(0), 4000, 1000, 0.5, 600))
     assert t.dtype == np.int32 and t.min() >= 0 and t.max() < 1000
@@ -182,8 +182,8 @@ def test_noise_schedule_matches_diffusers():
 DATA_PARALLEL_SCRIPT = r"""
 import json, sys
 from pathlib import Path
-from find_jax.shapes import model as shapes_model
-from find_jax.shapes.train import TrainConfig, train
+from find_jax.envs.image.shapes import model as shapes_model
+from find_jax.envs.image.shapes.train import TrainConfig, train
 
 root = Path(sys.argv[1])
 logs = []

@@ -7,8 +7,8 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from find_jax.shapes import tokenizer as shapes_tokenizer
-from find_jax.shapes import world
+from find_jax.envs.image.shapes import tokenizer as shapes_tokenizer
+from find_jax.envs.image.shapes import world
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from script_loader import load_script
 
-from find_jax.shapes import evaluation as ev
+from find_jax import evaluate_shapes as ev
 
 
 def test_tuning_prompts_are_held_out_of_the_evaluation():

@@ -218,3 +218,21 @@ def test_blocks_match_torch_at_tiny_variance(flax_unet, torch_unet):
         ref = (ref[0] if isinstance(ref, tuple) else getattr(ref, "sample", ref)).numpy()
         out = np.asarray(module.apply({"params": block[name]}, *args)).transpose(0, 3, 1, 2)
         assert np.abs(out - ref).max() < 1e-4 * max(1.0, np.abs(ref).max()), name
+
+
+def test_modelscope_sized_config_maps_strictly():
+    """At ModelScope's real sizes (diffusers' defaults, the hub config): every torch key maps with its shape.
+
+    Shapes only: the torch model is built on the meta device and the Flax tree with ``jax.eval_shape``.
+    """
+    from diffusers import UNet3DConditionModel
+
+    from find_jax.envs.video.convert import plan_unet3d_conversion
+    from find_jax.envs.video.unet3d import UNet3DConfig
+
+    with torch.device("meta"):
+        ref = UNet3DConditionModel(sample_size=32)
+    shapes = {k: tuple(v.shape) for k, v in ref.state_dict().items()}
+    plan = plan_unet3d_conversion(shapes, UNet3DConfig(sample_size=32))
+    assert len(plan) == len(shapes)
+    assert 1.40e9 < sum(np.prod(s) for s in shapes.values()) < 1.42e9  # the 1.41 B parameters

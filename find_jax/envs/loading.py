@@ -1,25 +1,15 @@
-"""Loading a frozen text-to-image diffusion model (the FIND environment) fully offline.
+"""Offline loading of diffusers-layout model directories, shared by the environments.
 
-A model directory is diffusers' layout::
-
-    model_index.json
-    unet/          config.json + diffusion_flax_model.msgpack | diffusion_pytorch_model.safetensors | .bin
-    text_encoder/  config.json + flax_model.msgpack | model.safetensors | pytorch_model.bin
-    tokenizer/     vocab.json + merges.txt (CLIP BPE)
-    scheduler/     scheduler_config.json (DDIM keys)
-    vae/           config.json + weights          (latent models: Stable Diffusion)
-    decoder/       config.json {"_class_name": "PixelDecoder", "factor": f, "coord_channels": 0|2}   (pixel space)
-
-``load_model(spec)`` takes such a directory, or a hub id that is already in the local Hugging Face cache
-(never downloads: ``local_files_only``), reads Flax or PyTorch weights (``.safetensors`` and ``.bin``; diffusers'
-own Flax ``from_pt`` reads only ``.bin``, so PyTorch weights are converted here), and returns a
-:class:`DiffusionModel`: the Flax modules, their params as one pytree, the tokenizer and the scheduler config.
-The params are kept apart from the modules so jitted code takes them as arguments.
+A model directory is diffusers' layout: ``model_index.json`` (its ``_class_name`` names the pipeline, which
+:func:`find_jax.envs.kind_of` maps to an environment) and one folder per component with ``config.json`` and
+weights (Flax msgpack, or PyTorch ``.safetensors`` / ``.bin``). :func:`resolve_model_dir` takes such a directory,
+a hub id already in the local Hugging Face cache (never downloads: ``local_files_only``), or the name of a model
+shipped in the package. The helpers here build Flax modules from configs and load their weights without an
+eager ``init`` (shape trees only), check keys and shapes, and fingerprint the frozen weights.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import logging
@@ -31,11 +21,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from find_jax.decoders import PixelDecoder, VaeDecoder
-
 log = logging.getLogger(__name__)
 
-DEFAULT_MODEL = "shapes"  # the model shipped inside the package (find_jax/assets/shapes_model)
+DEFAULT_MODEL = "shapes"  # the model shipped inside the package (find_jax/envs/image/shapes/assets/shapes_model)
 _SHIPPED = {"shapes": "shapes_model"}
 
 _FLAX_DIFFUSERS = "diffusion_flax_model.msgpack"
@@ -49,45 +37,9 @@ class ModelLoadError(FileNotFoundError):
     """A model directory, component, weight file or tokenizer file is missing or unreadable."""
 
 
-@dataclasses.dataclass(frozen=True, eq=False)
-class DiffusionModel:
-    """A frozen text-to-image diffusion model, split into modules (static) and params (arguments).
-
-    ``params`` is ``{"unet": ..., "text_encoder": ..., "decoder": ...}`` (``decoder`` is ``{}`` for pixel-space
-    models). ``source`` records where the weights came from and ``fingerprint`` a hash of them: FIND never
-    checkpoints the frozen weights, it records these instead.
-    """
-
-    unet: Any  # diffusers FlaxUNet2DConditionModel (linen module, carries its config)
-    text_encoder: Any  # transformers FlaxCLIPTextModel wrapper (created with _do_init=False)
-    tokenizer: Any  # transformers CLIPTokenizer
-    decoder: PixelDecoder | VaeDecoder
-    scheduler_config: dict[str, Any]
-    params: dict[str, Any]
-    source: str
-    fingerprint: str
-    dtype: Any = jnp.float32
-
-    @property
-    def default_size(self) -> tuple[int, int]:
-        """``(height, width)`` the UNet was trained at: ``sample_size * downscale``."""
-        size = self.unet.config.sample_size
-        f = self.decoder.factor if isinstance(self.decoder, PixelDecoder) else self.decoder.downscale
-        return (size * f, size * f)
-
-    def latent_shape(self, height: int | None = None, width: int | None = None) -> tuple[int, int, int]:
-        """``(C, h, w)`` of the initial latent ``x_T`` for an image of ``height x width``."""
-        dh, dw = self.default_size
-        return self.decoder.latent_shape(height or dh, width or dw)
-
-    @property
-    def max_tokens(self) -> int:
-        return int(self.tokenizer.model_max_length)
-
-
 def shipped_model_dir(name: str = DEFAULT_MODEL) -> Path:
-    """Directory of a model shipped inside the package (``find_jax/assets/...``)."""
-    return Path(__file__).resolve().parent / "assets" / _SHIPPED[name]
+    """Directory of a model shipped inside the package (``find_jax/envs/image/shapes/assets/...``)."""
+    return Path(__file__).resolve().parent / "image" / "shapes" / "assets" / _SHIPPED[name]
 
 
 def resolve_model_dir(spec: str | os.PathLike | None) -> Path:
@@ -126,20 +78,20 @@ def resolve_model_dir(spec: str | os.PathLike | None) -> Path:
     )
 
 
-def _require(path: Path, what: str, how: str) -> Path:
+def require(path: Path, what: str, how: str) -> Path:
     if not path.exists():
         raise ModelLoadError(f"{what} not found: {path} — {how}")
     return path
 
 
-def _read_json(path: Path) -> dict[str, Any]:
+def read_json(path: Path) -> dict[str, Any]:
     try:
         return json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as e:
         raise ModelLoadError(f"cannot read {path}: {e}") from None
 
 
-class _ShapeOnly:
+class ShapeOnly:
     """Stand-in for a Flax model in diffusers' weight converter: shapes only, no eager ``init``.
 
     ``convert_pytorch_state_dict_to_flax`` calls ``init_weights`` only to learn key names and shapes; an eager
@@ -163,7 +115,7 @@ class _NumpyTensor:
         return self._a
 
 
-def _load_pt_state_dict(path: Path) -> dict[str, Any]:
+def load_pt_state_dict(path: Path) -> dict[str, Any]:
     if path.suffix == ".safetensors":
         from safetensors.numpy import load_file
 
@@ -179,7 +131,7 @@ def _load_pt_state_dict(path: Path) -> dict[str, Any]:
     return {k: _NumpyTensor(v.float().numpy()) for k, v in sd.items()}
 
 
-def _check_params(params: Any, model: Any, where: Path) -> Any:
+def check_params(params: Any, model: Any, where: Path) -> Any:
     """Refuses weights whose keys or shapes do not match the module's config."""
     from flax.traverse_util import flatten_dict
 
@@ -198,13 +150,13 @@ def _check_params(params: Any, model: Any, where: Path) -> Any:
     return params
 
 
-def _load_diffusers_component(cls: Any, folder: Path, weights: str, dtype: Any) -> tuple[Any, Any]:
+def load_diffusers_component(cls: Any, folder: Path, weights: str, dtype: Any) -> tuple[Any, Any]:
     """Builds a diffusers Flax module from ``folder/config.json`` and loads its weights without eager init."""
     from flax.serialization import msgpack_restore
 
     how = "pass --model with a complete diffusers-format directory"
-    _require(folder, f"component folder '{folder.name}'", how)
-    config = _read_json(_require(folder / "config.json", f"{folder.name}/config.json", how))
+    require(folder, f"component folder '{folder.name}'", how)
+    config = read_json(require(folder / "config.json", f"{folder.name}/config.json", how))
     model = cls.from_config(config, dtype=dtype)
     flax_file = folder / _FLAX_DIFFUSERS
     pt_files = [folder / n for n in _PT_DIFFUSERS if (folder / n).is_file()]
@@ -216,24 +168,24 @@ def _load_diffusers_component(cls: Any, folder: Path, weights: str, dtype: Any) 
     elif weights in ("auto", "pt") and pt_files:
         from diffusers.models.modeling_flax_pytorch_utils import convert_pytorch_state_dict_to_flax
 
-        params = convert_pytorch_state_dict_to_flax(_load_pt_state_dict(pt_files[0]), _ShapeOnly(model))
+        params = convert_pytorch_state_dict_to_flax(load_pt_state_dict(pt_files[0]), ShapeOnly(model))
     else:
         names = [_FLAX_DIFFUSERS] * (weights != "pt") + list(_PT_DIFFUSERS) * (weights != "flax")
         raise ModelLoadError(
             f"no weights in {folder}: expected one of {', '.join(names)} — save the model with diffusers' "
             "save_pretrained, or pass --model with a complete diffusers-format directory"
         )
-    params = _check_params(params, model, folder)
+    params = check_params(params, model, folder)
     return model, jax.tree.map(lambda x: jnp.asarray(x, dtype=dtype), params)
 
 
-def _flat(tree: Any) -> list[tuple[tuple[str, ...], Any]]:
+def flat_items(tree: Any) -> list[tuple[tuple[str, ...], Any]]:
     from flax.traverse_util import flatten_dict
 
     return list(flatten_dict(tree).items())
 
 
-class _ShapeTree:
+class ShapeTree:
     """Stand-in for a transformers Flax model in its weight converter: the param shape tree, no init."""
 
     def __init__(self, model: Any):
@@ -241,7 +193,7 @@ class _ShapeTree:
         self.params = model.params_shape_tree
 
 
-def _load_text_encoder(folder: Path, weights: str, dtype: Any) -> tuple[Any, Any]:
+def load_text_encoder(folder: Path, weights: str, dtype: Any) -> tuple[Any, Any]:
     """``FlaxCLIPTextModel`` (created with ``_do_init=False``) and its params from Flax or PyTorch weights.
 
     transformers 4.57's own ``from_pretrained(from_pt=True, _do_init=False)`` fails (its converter reads
@@ -252,8 +204,8 @@ def _load_text_encoder(folder: Path, weights: str, dtype: Any) -> tuple[Any, Any
     from transformers.modeling_flax_pytorch_utils import convert_pytorch_state_dict_to_flax
 
     how = "pass --model with a complete diffusers-format directory"
-    _require(folder, "component folder 'text_encoder'", how)
-    config = CLIPTextConfig.from_pretrained(str(_require(folder / "config.json", "text_encoder/config.json", how)))
+    require(folder, "component folder 'text_encoder'", how)
+    config = CLIPTextConfig.from_pretrained(str(require(folder / "config.json", "text_encoder/config.json", how)))
     model = FlaxCLIPTextModel(config, dtype=dtype, _do_init=False)
     flax_file = folder / _FLAX_TRANSFORMERS
     pt_files = [folder / n for n in _PT_TRANSFORMERS if (folder / n).is_file()]
@@ -263,20 +215,20 @@ def _load_text_encoder(folder: Path, weights: str, dtype: Any) -> tuple[Any, Any
         except Exception as e:
             raise ModelLoadError(f"cannot read Flax weights {flax_file}: {e}") from None
     elif weights in ("auto", "pt") and pt_files:
-        sd = {k: v.numpy() for k, v in _load_pt_state_dict(pt_files[0]).items()}
-        params = convert_pytorch_state_dict_to_flax(sd, _ShapeTree(model))
+        sd = {k: v.numpy() for k, v in load_pt_state_dict(pt_files[0]).items()}
+        params = convert_pytorch_state_dict_to_flax(sd, ShapeTree(model))
     else:
         names = [_FLAX_TRANSFORMERS] * (weights != "pt") + list(_PT_TRANSFORMERS) * (weights != "flax")
         raise ModelLoadError(
             f"no weights in {folder}: expected one of {', '.join(names)} — save the text encoder with "
             "transformers' save_pretrained"
         )
-    params = _check_params(params, _ShapeTreeModel(model), folder)
+    params = check_params(params, ShapeTreeModel(model), folder)
     return model, jax.tree.map(lambda x: jnp.asarray(x, dtype=dtype), params)
 
 
-class _ShapeTreeModel:
-    """Adapter giving a transformers Flax model the diffusers-style ``init_weights`` :func:`_check_params` uses."""
+class ShapeTreeModel:
+    """Adapter giving a transformers Flax model the diffusers-style ``init_weights`` :func:`check_params` uses."""
 
     def __init__(self, model: Any):
         self._tree = model.params_shape_tree
@@ -285,20 +237,20 @@ class _ShapeTreeModel:
         return self._tree
 
 
-def _load_tokenizer(folder: Path) -> Any:
+def load_tokenizer(folder: Path) -> Any:
     from transformers import CLIPTokenizer
 
     how = "the tokenizer folder needs CLIP's vocab.json and merges.txt (tokenizer.save_pretrained writes them)"
-    _require(folder, "component folder 'tokenizer'", how)
+    require(folder, "component folder 'tokenizer'", how)
     for name in _TOKENIZER_FILES:
-        _require(folder / name, f"tokenizer file {name}", how)
+        require(folder / name, f"tokenizer file {name}", how)
     return CLIPTokenizer.from_pretrained(str(folder), local_files_only=True)
 
 
-def _fingerprint(params: Any) -> str:
+def fingerprint(params: Any) -> str:
     """sha256 over every weight's name, shape and bytes (identifies the frozen weights in run records)."""
     h = hashlib.sha256()
-    for k, v in sorted(_flat(params), key=lambda kv: kv[0]):
+    for k, v in sorted(flat_items(params), key=lambda kv: kv[0]):
         a = np.asarray(jax.device_get(v))
         h.update("/".join(map(str, k)).encode())
         h.update(str(a.shape).encode())
@@ -306,67 +258,7 @@ def _fingerprint(params: Any) -> str:
     return h.hexdigest()[:16]
 
 
-def load_model(
-    spec: str | os.PathLike | None = None, *, dtype: str | Any = "float32", weights: str = "auto"
-) -> DiffusionModel:
-    """Loads every component of a diffusers-format model, offline.
-
-    Args:
-      spec: a local directory, a hub id present in the local HF cache, or ``None`` / ``"shapes"`` for the
-        model shipped in the package.
-      dtype: ``"float32"`` (CPU, parity) or ``"bfloat16"`` (GPU) for modules and params.
-      weights: ``"auto"`` (Flax if present, else PyTorch), ``"flax"`` or ``"pt"`` (``.safetensors`` or ``.bin``).
-    """
-    _quiet_libraries()  # before the import: diffusers' Flax modules log a deprecation line when imported
-    from diffusers import FlaxAutoencoderKL, FlaxUNet2DConditionModel
-
-    if weights not in ("auto", "flax", "pt"):
-        raise ValueError(f"weights must be 'auto', 'flax' or 'pt'; got {weights!r}")
-    dtype = jnp.dtype(dtype)
-    root = resolve_model_dir(spec)
-    how = "a diffusers-format model directory has model_index.json and one folder per component"
-    _require(root / "model_index.json", "model_index.json", how)
-    unet, unet_params = _load_diffusers_component(FlaxUNet2DConditionModel, root / "unet", weights, dtype)
-    text_encoder, text_params = _load_text_encoder(root / "text_encoder", weights, dtype)
-    tokenizer = _load_tokenizer(root / "tokenizer")
-    sched_file = _require(root / "scheduler" / "scheduler_config.json", "scheduler/scheduler_config.json", how)
-    scheduler_config = _read_json(sched_file)
-    if (root / "vae").is_dir():
-        vae, vae_params = _load_diffusers_component(FlaxAutoencoderKL, root / "vae", weights, dtype)
-        vcfg = vae.config
-        decoder: PixelDecoder | VaeDecoder = VaeDecoder(
-            vae=vae,
-            scaling_factor=float(getattr(vcfg, "scaling_factor", 0.18215)),
-            latent_channels=int(vcfg.latent_channels),
-            downscale=2 ** (len(vcfg.block_out_channels) - 1),
-        )
-    elif (root / "decoder" / "config.json").is_file():
-        dcfg = _read_json(root / "decoder" / "config.json")
-        if dcfg.get("_class_name") != "PixelDecoder":
-            raise ModelLoadError(f"unknown decoder {dcfg.get('_class_name')!r} in {root / 'decoder'}")
-        decoder = PixelDecoder(factor=int(dcfg.get("factor", 1)), coord_channels=int(dcfg.get("coord_channels", 0)))
-        vae_params = {}
-    else:
-        raise ModelLoadError(f"{root} has neither vae/ nor decoder/config.json — {how}")
-    if unet.config.in_channels != decoder.latent_channels:
-        raise ModelLoadError(
-            f"unet in_channels {unet.config.in_channels} != decoder latent channels {decoder.latent_channels}"
-        )
-    params = {"unet": unet_params, "text_encoder": text_params, "decoder": vae_params}
-    return DiffusionModel(
-        unet=unet,
-        text_encoder=text_encoder,
-        tokenizer=tokenizer,
-        decoder=decoder,
-        scheduler_config=scheduler_config,
-        params=params,
-        source=str(spec if spec is not None else DEFAULT_MODEL),
-        fingerprint=_fingerprint(params),
-        dtype=dtype,
-    )
-
-
-def _quiet_libraries() -> None:
+def quiet_libraries() -> None:
     """Silences the deprecation line every diffusers/transformers Flax module logs."""
     from diffusers.utils import logging as dlog
     from transformers.utils import logging as tlog

@@ -4,7 +4,7 @@ Same architecture classes and sampler as Stable Diffusion (DESIGN.md §4): a
 ``diffusers.FlaxUNet2DConditionModel`` conditioned on a ``transformers.FlaxCLIPTextModel``, a DDIM
 scheduler, but in pixel space: the "latent" is the 32x32x3 image in ``[-1, 1]`` folded by a 2x2
 space-to-depth into ``[12, 16, 16]``, followed by ``coord_channels`` coordinate planes that the model learns to
-generate (its source of absolute position) and the decoder drops (:class:`find_jax.decoders.PixelDecoder`
+generate (its source of absolute position) and the decoder drops (:class:`find_jax.envs.image.decoders.PixelDecoder`
 with ``factor=2``).
 
 Saved layout (what the sampler's loader reads)::
@@ -29,9 +29,9 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from find_jax.decoders import coord_planes, space_to_depth
-from find_jax.shapes import tokenizer as shapes_tokenizer
-from find_jax.shapes import world
+from find_jax.envs.image.decoders import coord_planes, space_to_depth
+from find_jax.envs.image.shapes import tokenizer as shapes_tokenizer
+from find_jax.envs.image.shapes import world
 
 FACTOR = 2  # space-to-depth factor: latent = [3 * FACTOR**2 + coord_channels, 32 / FACTOR, 32 / FACTOR]
 IMAGE_CHANNELS = 3 * FACTOR**2  # the folded image's channels
@@ -61,7 +61,7 @@ class ShapesModelConfig:
     # amplifies its error ~100x at the first DDIM steps; measured here: 20-step DDIM samples from an
     # epsilon model at 500 steps stayed noise, x0_hat std 13. v-prediction has no such division.
     prediction_type: str = "v_prediction"
-    # Coordinate planes appended to every x_0 (find_jax.decoders.coord_planes): 0 or 2. Without them the UNet
+    # Coordinate planes appended to every x_0 (find_jax.envs.image.decoders.coord_planes): 0 or 2. Without them the UNet
     # has no absolute position (measured: the x0 prediction for "on the left" and "on the right" had the same
     # centroid to 0.02 px after 3000 steps), so position captions land in the named half by chance.
     coord_channels: int = 2
@@ -161,7 +161,7 @@ def image_latents(cfg: ShapesModelConfig, images: jax.Array) -> jax.Array:
     """Training images ``[B, 32, 32, 3]`` in ``[0, 1]`` -> the model's ``x_0``: ``[B, 12 + c, 16, 16]``.
 
     The image in ``[-1, 1]`` folded by space-to-depth, then ``c = cfg.coord_channels`` coordinate planes
-    (the same for every image). :class:`find_jax.decoders.PixelDecoder` inverts it.
+    (the same for every image). :class:`find_jax.envs.image.decoders.PixelDecoder` inverts it.
     """
     x0 = space_to_depth(images * 2.0 - 1.0, FACTOR)  # [B, 12, 16, 16]
     planes = coord_planes(x0.shape[2], x0.shape[3], cfg.coord_channels)  # [c, 16, 16]
@@ -190,7 +190,7 @@ def scheduler_config(cfg: ShapesModelConfig) -> dict[str, Any]:
 
 
 def decoder_config(cfg: ShapesModelConfig) -> dict[str, Any]:
-    """``decoder/config.json``: the :class:`find_jax.decoders.PixelDecoder` of the saved layout."""
+    """``decoder/config.json``: the :class:`find_jax.envs.image.decoders.PixelDecoder` of the saved layout."""
     return {"_class_name": "PixelDecoder", "factor": FACTOR, "coord_channels": cfg.coord_channels}
 
 
@@ -202,7 +202,7 @@ def model_index() -> dict[str, Any]:
         "text_encoder": ["transformers", "FlaxCLIPTextModel"],
         "tokenizer": ["transformers", "CLIPTokenizer"],
         "scheduler": ["diffusers", "FlaxDDIMScheduler"],
-        "decoder": ["find_jax.decoders", "PixelDecoder"],
+        "decoder": ["find_jax.envs.image.decoders", "PixelDecoder"],
     }
 
 

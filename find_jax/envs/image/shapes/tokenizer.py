@@ -15,7 +15,7 @@ import json
 import os
 from collections.abc import Iterable
 
-from find_jax.shapes.world import VOCABULARY
+from find_jax.envs.image.shapes.world import VOCABULARY
 
 BOS = "<|startoftext|>"
 EOS = "<|endoftext|>"

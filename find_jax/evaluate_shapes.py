@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -24,6 +23,9 @@ from typing import Any
 
 import jax
 import numpy as np
+
+from find_jax.prompts import slugify
+from find_jax.stats import mean_ci_tuple, wilson
 
 # Prompt sets. RARE = the training bias works against them (non-dominant colour, counts >= 3, positions and
 # relations of rare-coloured objects); COMMON = captions the data is full of. TUNING is kept apart: any setting
@@ -116,25 +118,6 @@ def parse_method(spec: str) -> Method:
     return Method(name, preset, tuple(overrides))
 
 
-def wilson(k: float, n: int, z: float = 1.96) -> tuple[float, float]:
-    """95% Wilson score interval of a proportion ``k / n``."""
-    if n == 0:
-        return (float("nan"), float("nan"))
-    p = k / n
-    d = 1 + z * z / n
-    c = (p + z * z / (2 * n)) / d
-    h = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / d
-    return (max(0.0, c - h), min(1.0, c + h))
-
-
-def mean_ci(x: Sequence[float], z: float = 1.96) -> tuple[float, float, float]:
-    """``(mean, lo, hi)`` with a normal 95% interval."""
-    x = np.asarray(x, np.float64)
-    m = float(x.mean())
-    h = z * float(x.std(ddof=1)) / math.sqrt(len(x)) if len(x) > 1 else float("nan")
-    return m, m - h, m + h
-
-
 @dataclasses.dataclass
 class Scores:
     """Per-image scores of one (method, prompt): exact [n] bool, reward [n] float."""
@@ -145,7 +128,7 @@ class Scores:
     def summary(self) -> dict[str, Any]:
         n = len(self.exact)
         k = int(self.exact.sum())
-        m, lo, hi = mean_ci(self.reward)
+        m, lo, hi = mean_ci_tuple(self.reward)
         return {"n": n, "exact": k / n, "exact_ci": wilson(k, n), "reward": m, "reward_ci": (lo, hi)}
 
 
@@ -156,10 +139,6 @@ def score_images(images: np.ndarray, prompt: str, *, graded: bool = False) -> Sc
 
     s = score_batch(images, [prompt] * len(images), graded=graded)
     return Scores(np.array([t.exact for t in s]), np.array([t.reward for t in s], np.float32))
-
-
-def _slug(text: str) -> str:
-    return "".join(c if c.isalnum() else "-" for c in text).strip("-")
 
 
 def _base_name(eta: float) -> str:
@@ -190,10 +169,11 @@ def evaluate(
     Prompts alternate between the rare and the common set so that a partial evaluation covers both;
     ``on_prompt(results)`` is called with the results so far after each prompt (the script writes them).
     """
-    from find_jax.models import load_model
+    from find_jax import envs as environments
+    from find_jax.envs.base import bind_one
     from find_jax.optimize import make_config, run
-    from find_jax.sampler import make_environment
-    from find_jax.trainer import read_run, sample_from_state
+    from find_jax.rundir import read_run
+    from find_jax.trainer import sample_from_state
 
     methods = [m if isinstance(m, Method) else parse_method(m) for m in methods]
     names = [m.name for m in methods]
@@ -201,7 +181,7 @@ def evaluate(
         raise ValueError(f"method names repeat: {names}")
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
-    model = load_model(None)
+    model = environments.load_model(None)
     sampler_kw = {"steps": steps} | ({"guidance": guidance} if guidance is not None else {})
 
     def config(method: Method, prompt: str):
@@ -215,14 +195,14 @@ def evaluate(
     prompts = _interleave([(p, "rare") for p in rare], [(p, "common") for p in common])
     prompts += [(p, "tuning") for p in tuning]
     rng_eval = jax.random.PRNGKey(seed + 12345)
+    environments_by_eta = {
+        eta: environments.make_environment(model, environments.sampler_settings(base_cfg, eta=eta)) for eta in etas
+    }
     for prompt, group in prompts:
         t0 = time.perf_counter()
-        envs = {
-            eta: make_environment(model, prompt, steps=base_cfg.steps, guidance=base_cfg.guidance, eta=eta)
-            for eta in etas
-        }
+        envs = {eta: bind_one(e, prompt) for eta, e in environments_by_eta.items()}
         env = envs[base_cfg.eta]
-        shape = env.latent_shape
+        shape = environments_by_eta[base_cfg.eta].latent_shape
         x0 = jax.random.normal(rng_eval, (n_images, *shape))
         row: dict[str, Any] = {"group": group}
         for eta, env_e in envs.items():
@@ -237,7 +217,7 @@ def evaluate(
             if method.ablation and prompt not in ablation:
                 continue
             cfg = config(method, prompt)
-            run_dir = workdir / method.name / _slug(prompt)
+            run_dir = workdir / method.name / slugify(prompt, max_len=200)
             tm = time.perf_counter()
             state = run(cfg, run_dir, model=model)
             seconds = time.perf_counter() - tm

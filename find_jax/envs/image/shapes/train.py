@@ -4,11 +4,11 @@
 noise from ``fold_in(rng_train, k)``, so a run resumed from a checkpoint continues with the same numbers.
 Every ``checkpoint_every`` steps (and at the end) it saves the full state with Orbax under
 ``workdir/checkpoints`` and exports the EMA weights in the diffusers layout to ``out_dir``
-(:func:`find_jax.shapes.model.save_model`), so a usable model exists even if the run is stopped early.
+(:func:`find_jax.envs.image.shapes.model.save_model`), so a usable model exists even if the run is stopped early.
 Metrics go to ``workdir/metrics.jsonl`` (flat keys: ``loss/mean``, ``grad/norm``, ``lr``, ...).
 
 Objective (DDPM): ``x_t = sqrt(abar_t) x_0 + sqrt(1 - abar_t) eps`` with ``x_0: [B, 12 + c, 16, 16]``
-(:func:`find_jax.shapes.model.image_latents`: the space-to-depth image in ``[-1, 1]`` followed by
+(:func:`find_jax.envs.image.shapes.model.image_latents`: the space-to-depth image in ``[-1, 1]`` followed by
 ``c = coord_channels`` coordinate planes); loss ``|f_theta(x_t, t, c) - target|^2`` with target
 ``v = sqrt(abar_t) eps - sqrt(1 - abar_t) x_0`` (v-prediction, the default) or ``eps``.
 Captions are dropped (replaced by the empty caption) with probability ``caption_dropout`` so that the
@@ -32,10 +32,10 @@ import optax
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as PS
 
-from find_jax.sampler import BATCH_AXIS, batch_mesh
-from find_jax.shapes import model as shapes_model
-from find_jax.shapes import tokenizer as shapes_tokenizer
-from find_jax.shapes import world
+from find_jax.envs.devices import BATCH_AXIS, batch_mesh
+from find_jax.envs.image.shapes import model as shapes_model
+from find_jax.envs.image.shapes import tokenizer as shapes_tokenizer
+from find_jax.envs.image.shapes import world
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,6 +58,10 @@ class TrainConfig:
     # batch at t >= 600 (measured: models trained that way never learned position words; README, Model quality).
     high_noise_fraction: float = 0.5
     high_noise_from: int = 600
+    # A saved model directory (same architecture) whose weights start the run instead of a random init: a
+    # warm start spends this run's CPU on improving a trained model (the shipped one took 32 CPU-minutes).
+    # "" = random init. Only the weights are read; the optimiser and EMA start fresh.
+    init_from: str = ""
     checkpoint_every: int = 250  # steps between Orbax checkpoints + exports
     log_every: int = 10  # steps between metrics.jsonl lines
     model: shapes_model.ShapesModelConfig = shapes_model.ShapesModelConfig()  # architecture
@@ -180,8 +184,29 @@ def make_train_step(model: shapes_model.ShapesModel, config: TrainConfig):
     return jax.jit(train_step, donate_argnums=(0,))
 
 
+def load_init_params(init_from: str, like: Any) -> dict[str, Any]:
+    """``{"unet", "text_encoder"}`` weights of a saved model dir, checked against ``like`` (same tree and shapes)."""
+    from flax.serialization import from_state_dict, msgpack_restore
+
+    files = {"unet": "unet/diffusion_flax_model.msgpack", "text_encoder": "text_encoder/flax_model.msgpack"}
+    out = {}
+    for key, rel in files.items():
+        with open(os.path.join(init_from, rel), "rb") as f:
+            raw = msgpack_restore(f.read())
+        restored = from_state_dict(like[key], raw)
+        for a, b in zip(jax.tree.leaves(like[key]), jax.tree.leaves(restored), strict=True):
+            if tuple(a.shape) != tuple(np.shape(b)):
+                raise ValueError(
+                    f"{init_from}: {key} weights do not fit this architecture ({np.shape(b)} vs {a.shape})"
+                )
+        out[key] = jax.tree.map(jnp.asarray, restored)
+    return out
+
+
 def init_state(model: shapes_model.ShapesModel, config: TrainConfig, rng_init: jax.Array) -> TrainState:
     params = shapes_model.init_params(model, rng_init)
+    if config.init_from:
+        params = load_init_params(config.init_from, params)
     optimizer, _ = make_optimizer(config)
     return TrainState(
         step=jnp.zeros((), jnp.int32),
@@ -262,6 +287,11 @@ def train(config: TrainConfig, workdir: str, out_dir: str, *, log=print) -> dict
         state = jax.device_put(state, NamedSharding(mesh, PS()))
         log(f"data parallel over {mesh.size} devices")
 
+    init_record = None
+    if config.init_from:
+        path = os.path.join(config.init_from, "training.json")
+        prior = json.load(open(path, encoding="utf-8")) if os.path.exists(path) else {}
+        init_record = {"path": config.init_from, "steps": prior.get("steps"), "wall_time_s": prior.get("wall_time_s")}
     metrics_path = os.path.join(workdir, "metrics.jsonl")
     last_loss = float("nan")
     window: list[dict[str, float]] = []
@@ -279,6 +309,7 @@ def train(config: TrainConfig, workdir: str, out_dir: str, *, log=print) -> dict
             "ema_decay": config.ema_decay,
             "exported_params": "ema",
             "config": config_to_dict(config),
+            "init_from": init_record,
         }
 
     def checkpoint_and_export() -> None:
