@@ -75,33 +75,33 @@ def _listing(title: str, items: list[str], limit: int = 20) -> str:
     return f"{title} ({len(items)}): " + ", ".join(items[:limit]) + more
 
 
-def convert_unet3d_state_dict(
-    state_dict: Mapping[str, Any], config: UNet3DConfig, *, dtype: Any = np.float32, where: str = "state dict"
-) -> dict[str, Any]:
-    """Flax params (nested dict of numpy arrays in ``dtype``) from a torch state dict of numpy-convertible arrays.
+def plan_unet3d_conversion(
+    shapes: Mapping[str, tuple[int, ...]], config: UNet3DConfig, *, where: str = "state dict"
+) -> dict[str, tuple[tuple[str, ...], tuple[int, ...]]]:
+    """torch key -> (Flax path, axis permutation) for a state dict given by its shapes only, checked strictly.
 
-    Raises ``UNet3DWeightsError`` naming every unmapped torch key, every Flax parameter left missing and every
-    shape mismatch (torch key, its shape, and the shape the config wants in torch layout).
+    Raises ``UNet3DWeightsError`` naming every unmapped torch key, every Flax parameter no key fills ("missing
+    torch keys", named as torch keys) and every shape mismatch (torch key, its shape, the shape the config
+    wants in torch layout). Needs no weights: a meta-device torch model's shapes can be checked as well.
     """
     want = {k: tuple(v.shape) for k, v in flatten_dict(unet3d_param_shapes(config)).items()}
-    have: dict[tuple[str, ...], np.ndarray] = {}
+    plan: dict[str, tuple[tuple[str, ...], tuple[int, ...]]] = {}
     unmapped: list[str] = []
     wrong: list[str] = []
     seen: set[tuple[str, ...]] = set()  # paths some torch key maps to (a wrong shape is reported once, as wrong)
-    for key in sorted(state_dict):
-        value = np.asarray(state_dict[key])
-        rule = torch_key_to_flax(key, value.ndim)
+    for key in sorted(shapes):
+        shape = tuple(shapes[key])
+        rule = torch_key_to_flax(key, len(shape))
         if rule is None or rule[0] not in want:
-            unmapped.append(f"{key} {tuple(value.shape)}")
+            unmapped.append(f"{key} {shape}")
             continue
         path, perm = rule
         seen.add(path)
-        array = np.transpose(value, perm)
-        if array.shape != want[path]:
+        if tuple(shape[i] for i in perm) != want[path]:
             torch_shape = tuple(want[path][perm.index(i)] for i in range(len(perm)))
-            wrong.append(f"{key}: got {tuple(value.shape)}, config wants {torch_shape}")
+            wrong.append(f"{key}: got {shape}, config wants {torch_shape}")
             continue
-        have[path] = np.ascontiguousarray(array, dtype=dtype)
+        plan[key] = rule
     missing = sorted(flax_path_to_torch_key(k) for k in set(want) - seen)
     if unmapped or missing or wrong:
         parts = [f"UNet3D weights in {where} do not match the config"]
@@ -112,4 +112,18 @@ def convert_unet3d_state_dict(
         if wrong:
             parts.append(_listing("wrong shapes", wrong))
         raise UNet3DWeightsError("; ".join(parts))
+    return plan
+
+
+def convert_unet3d_state_dict(
+    state_dict: Mapping[str, Any], config: UNet3DConfig, *, dtype: Any = np.float32, where: str = "state dict"
+) -> dict[str, Any]:
+    """Flax params (nested dict of numpy arrays in ``dtype``) from a torch state dict of numpy-convertible arrays.
+
+    Strict: see ``plan_unet3d_conversion`` for the ``UNet3DWeightsError`` raised on any mismatch.
+    """
+    plan = plan_unet3d_conversion({k: np.shape(v) for k, v in state_dict.items()}, config, where=where)
+    have = {}
+    for key, (path, perm) in plan.items():
+        have[path] = np.ascontiguousarray(np.transpose(np.asarray(state_dict[key]), perm), dtype=dtype)
     return unflatten_dict(have)

@@ -16,6 +16,7 @@ embedding and the text context are repeated per frame.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from typing import Any
 
@@ -318,8 +319,12 @@ class _TimeEmbedding(nn.Module):
         return _dense(self.features, "linear_2", self.dtype)(x)
 
 
+@functools.lru_cache(maxsize=8)
 def unet3d_param_shapes(config: UNet3DConfig) -> Any:
-    """The parameter tree of ``UNet3DConditionModel(config)`` as ``jax.ShapeDtypeStruct`` leaves (no compute)."""
+    """The parameter tree of ``UNet3DConditionModel(config)`` as ``jax.ShapeDtypeStruct`` leaves (no compute).
+
+    Cached per config (read it, do not modify it).
+    """
     model = UNet3DConditionModel(config)
     side = 2 ** (len(config.block_out_channels) - 1)
     sample = jnp.zeros((1, config.in_channels, 1, side, side), jnp.float32)
