@@ -151,4 +151,5 @@ _BUILTIN_MODULES: list[str] = [
     "reward_models.pickscore",
     "reward_models.imagereward",
     "reward_models.shapes",
+    "reward_models.viclip",
 ]
