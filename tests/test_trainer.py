@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from find_jax import trainer
+from find_jax import loop, trainer
 from find_jax.config import (
     FindConfig,
     config_from_json,
@@ -18,14 +18,9 @@ from find_jax.config import (
     get_preset,
 )
 from find_jax.metrics import read_metrics
-from find_jax.trainer import (
-    BadRewardError,
-    RunDirError,
-    init_state,
-    load_state,
-    optimize,
-    sample_from_state,
-)
+from find_jax.rundir import BadRewardError, RunDirError, load_state
+from find_jax.testing import FunctionEnvironment
+from find_jax.trainer import init_state, sample_from_state
 
 SHAPE = (2, 4, 4)
 D = int(np.prod(SHAPE))
@@ -34,6 +29,32 @@ TARGET = np.ones(SHAPE, np.float32)
 
 def identity_env(x, rng):
     return x
+
+
+def optimize(
+    cfg,
+    workdir,
+    *,
+    env_fn,
+    reward_fn,
+    latent_shape,
+    prompt_embedding=None,
+    model_id="test",
+    weights_hash="",
+    progress=None,
+    should_stop=None,
+):
+    """One prompt through the loop on ``env_fn`` (per-prompt ``x [N, ...] -> media [N, ...]``)."""
+    env = FunctionEnvironment(env_fn, latent_shape, source=model_id, fingerprint=weights_hash)
+    return loop.optimize_one(
+        cfg,
+        workdir,
+        env=env,
+        reward_fn=reward_fn,
+        prompt_embedding=prompt_embedding,
+        progress=progress,
+        should_stop=should_stop,
+    )
 
 
 def bandit_reward(x, prompts):
@@ -128,6 +149,7 @@ def count_update_traces(monkeypatch):
         return wrapped
 
     monkeypatch.setattr(trainer, "make_update_fn", counting)
+    trainer.batch_update_jit.cache_clear()  # compiled programs of earlier tests would hide the trace
     return traces
 
 
@@ -165,6 +187,9 @@ def test_full_run_writes_its_directory_without_recompiling(tmp_path, monkeypatch
         "time/iter_s",
     ):
         assert key in metrics[-1], key
+    # Prompt-set keys and files stay out of a single run's directory.
+    assert not any(k in m for m in metrics for k in ("time/group_iter_s", "batch/running"))
+    assert not (tmp_path / "run" / "status.json").exists()
     assert metrics[0]["reward/max"] >= metrics[0]["reward/mean"]
     assert np.load(tmp_path / "run" / "final_latents.npy").shape == (3, *TINY_SHAPE)
     assert np.load(tmp_path / "run" / "final_samples.npy").shape == (3, *TINY_SHAPE)
@@ -201,6 +226,88 @@ def test_resume_ends_in_the_uninterrupted_state(tmp_path):
     # A finished run re-run with the same config returns the same state without redoing work.
     again = optimize(cfg, tmp_path / "full", env_fn=crashing_env, reward_fn=bandit_reward_tiny, latent_shape=TINY_SHAPE)
     np.testing.assert_array_equal(again.policy.mu, full.policy.mu)
+
+
+def test_should_stop_checkpoints_the_current_iteration_and_resumes_exactly(tmp_path):
+    cfg = tiny(samples_per_iter=2, num_final_samples=2)
+    full = optimize(cfg, tmp_path / "full", env_fn=identity_env, reward_fn=bandit_reward_tiny, latent_shape=TINY_SHAPE)
+    asked = []
+
+    def stop_after_four():
+        asked.append(1)
+        return len(asked) == 4  # asked after every iteration: true after iteration 4 (no checkpoint step)
+
+    with pytest.raises(loop.Interrupted, match="interrupted at iteration 4; rerun the same command") as info:
+        optimize(
+            cfg,
+            tmp_path / "cut",
+            env_fn=identity_env,
+            reward_fn=bandit_reward_tiny,
+            latent_shape=TINY_SHAPE,
+            should_stop=stop_after_four,
+        )
+    assert info.value.step == 4 and len(asked) == 4
+    # The interrupt saved iteration 4 itself (the regular checkpoint was at 3): nothing is redone.
+    assert int(load_state(tmp_path / "cut").step) == 4
+    assert [m["step"] for m in read_metrics(tmp_path / "cut" / "metrics.jsonl")] == [1, 2, 3, 4]
+    assert not (tmp_path / "cut" / "final_samples.npy").exists()
+    env = FunctionEnvironment(identity_env, TINY_SHAPE)
+    resumed = loop.optimize_one(cfg, tmp_path / "cut", env=env, reward_fn=bandit_reward_tiny)
+    assert env.calls == 3 + 1  # iterations 5..7 and the final samples
+    for a, b in zip(jax.tree.leaves(full), jax.tree.leaves(resumed), strict=True):
+        np.testing.assert_array_equal(a, b)
+    m_full = read_metrics(tmp_path / "full" / "metrics.jsonl")
+    m_cut = read_metrics(tmp_path / "cut" / "metrics.jsonl")
+    drop_time = lambda ms: [{k: v for k, v in m.items() if not k.startswith("time/")} for m in ms]  # noqa: E731
+    assert drop_time(m_cut) == drop_time(m_full)
+    for name in ("final_latents", "final_samples", "final_rewards"):
+        np.testing.assert_array_equal(
+            np.load(tmp_path / "full" / f"{name}.npy"), np.load(tmp_path / "cut" / f"{name}.npy")
+        )
+
+
+class RecordingSink:
+    """A progress sink that records every call."""
+
+    def __init__(self):
+        self.calls = []
+
+    def start(self, total, desc):
+        self.calls.append(("start", total, desc))
+
+    def update(self, n=1, **fields):
+        self.calls.append(("update", n, fields))
+
+    def advance(self, n):
+        self.calls.append(("advance", n))
+
+    def close(self):
+        self.calls.append(("close",))
+
+
+def test_single_run_reports_progress_to_the_sink(tmp_path):
+    sink = RecordingSink()
+    cfg = tiny(iterations=3, num_final_samples=0)
+    optimize(
+        cfg, tmp_path / "run", env_fn=identity_env, reward_fn=bandit_reward_tiny, latent_shape=TINY_SHAPE, progress=sink
+    )
+    assert sink.calls[0] == ("start", 3, "FIND") and sink.calls[-1] == ("close",)
+    updates = [c for c in sink.calls if c[0] == "update"]
+    assert [c[1] for c in updates] == [1, 1, 1]
+    metrics = read_metrics(tmp_path / "run" / "metrics.jsonl")
+    assert [c[2]["reward"] for c in updates] == pytest.approx([m["reward/mean"] for m in metrics])
+    assert sum(c[1] for c in sink.calls if c[0] in ("update", "advance")) == 3
+    # A finished run rerun shows a full bar at once.
+    again = RecordingSink()
+    optimize(
+        cfg,
+        tmp_path / "run",
+        env_fn=identity_env,
+        reward_fn=bandit_reward_tiny,
+        latent_shape=TINY_SHAPE,
+        progress=again,
+    )
+    assert again.calls == [("start", 3, "FIND"), ("advance", 3), ("close",)]
 
 
 def test_nan_rewards_are_skipped_and_counted(tmp_path):
