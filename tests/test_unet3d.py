@@ -216,7 +216,7 @@ def test_blocks_match_torch_at_tiny_variance(flax_unet, torch_unet):
         ]
     for module, name, args, ref in cases:
         ref = (ref[0] if isinstance(ref, tuple) else getattr(ref, "sample", ref)).numpy()
-        out = np.asarray(module.apply({"params": block[name]}, *args)).transpose(0, 3, 1, 2)
+        out = np.asarray(jax.jit(module.apply)({"params": block[name]}, *args)).transpose(0, 3, 1, 2)
         assert np.abs(out - ref).max() < 1e-4 * max(1.0, np.abs(ref).max()), name
 
 
@@ -236,3 +236,36 @@ def test_modelscope_sized_config_maps_strictly():
     plan = plan_unet3d_conversion(shapes, UNet3DConfig(sample_size=32))
     assert len(plan) == len(shapes)
     assert 1.40e9 < sum(np.prod(s) for s in shapes.values()) < 1.42e9  # the 1.41 B parameters
+
+
+@pytest.mark.slow  # bf16 compiles slowly on CPU (~20 s); the option is for GPUs
+def test_bfloat16_compute(model_dir, flax_unet):
+    """The GPU option: bf16 params and compute run and stay near float32 (GroupNorm statistics in fp32)."""
+    import jax.numpy as jnp
+
+    model32, params32, apply32 = flax_unet
+    model16, params16 = load_unet3d(model_dir, dtype=jnp.bfloat16)
+    assert all(a.dtype == jnp.bfloat16 for a in jax.tree.leaves(params16))
+    x, ctx = _inputs(3, b=1, f=2, side=8)
+    want = np.asarray(apply32({"params": params32}, x, 700, ctx))
+    got = jax.jit(model16.apply)({"params": params16}, x, 700, ctx)
+    assert got.dtype == jnp.bfloat16
+    err = np.abs(np.asarray(got, np.float32) - want).max()
+    assert err < 0.05 * np.abs(want).max()
+
+
+def test_hub_id_from_local_cache_only(model_dir, tmp_path, monkeypatch):
+    """A hub id resolves through the local Hugging Face cache layout; an id not there is refused, not fetched."""
+    import huggingface_hub.constants as hf_constants
+
+    repo = tmp_path / "hub" / "models--ali-vilab--tiny-t2v"
+    snapshot = repo / "snapshots" / ("a" * 40)
+    shutil.copytree(model_dir / "unet", snapshot / "unet", ignore=shutil.ignore_patterns("*.bin", "*fp16*"))
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text("a" * 40)
+    monkeypatch.setattr(hf_constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    _, params = load_unet3d("ali-vilab/tiny-t2v")
+    assert params["conv_in"]["kernel"].shape == (3, 3, 4, 32)
+    with pytest.raises(ModelLoadError, match="not in the local Hugging Face cache|neither a local directory"):
+        load_unet3d("ali-vilab/not-cached")
