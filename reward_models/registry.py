@@ -4,7 +4,8 @@ Contract (DESIGN.md §5): a reward is built once by a factory (which loads any w
 callable ``reward_fn(images, prompts) -> rewards`` with
 
 * ``images``: ``[B, H, W, 3]`` float in ``[0, 1]`` (a ``jax.Array`` or numpy array); video rewards take
-  ``[B, T, H, W, 3]`` and declare ``video=True`` when registered;
+  ``[B, T, H, W, 3]`` and declare ``video=True`` when registered; an image reward given videos scores each
+  as the mean over its frames (:func:`mean_over_frames`);
 * ``prompts``: ``list[str]`` of length ``B``;
 * ``rewards``: ``[B]`` float32 numpy array.
 
@@ -68,20 +69,51 @@ def spec(name: str) -> RewardSpec:
 
 
 def make_reward(name: str, **options: Any) -> RewardFn:
-    """Builds the reward ``name`` (loading weights once) and returns a validating ``reward_fn``."""
+    """Builds the reward ``name`` (loading weights once) and returns a validating ``reward_fn``.
+
+    An image reward also scores videos ``[B, T, H, W, 3]``: each video gets the mean of its frames' scores
+    (:func:`mean_over_frames`; every frame is scored with the video's prompt), so ``pickscore`` or
+    ``brightness`` works on a video run (Tab. 5's "PickScore" column).
+    """
     s = spec(name)
     inner = s.factory(**options)
 
     def reward_fn(images: Any, prompts: Sequence[str]) -> np.ndarray:
-        validate_inputs(images, prompts, video=s.video)
-        out = np.asarray(inner(images, list(prompts)), dtype=np.float32)
+        per_frame = not s.video and len(getattr(images, "shape", ())) == 5
+        validate_inputs(images, prompts, video=s.video or per_frame)
+        if per_frame:
+            out = mean_over_frames(inner, images, list(prompts))
+        else:
+            out = np.asarray(inner(images, list(prompts)), dtype=np.float32)
         if out.shape != (len(prompts),):
             raise RuntimeError(f"reward {name!r} returned shape {out.shape}, expected ({len(prompts)},)")
         return out
 
     reward_fn.reward_name = name  # type: ignore[attr-defined]
     reward_fn.inner = inner  # type: ignore[attr-defined]
+    reward_fn.video = s.video  # type: ignore[attr-defined]
     return reward_fn
+
+
+def mean_over_frames(image_fn: Callable[[Any, Sequence[str]], Any], videos: Any, prompts: Sequence[str]) -> np.ndarray:
+    """An image reward applied to every frame, averaged per video.
+
+    Args:
+      image_fn: ``image_fn(images [N, H, W, 3], prompts) -> [N]``.
+      videos: ``[B, T, H, W, 3]`` (``jax.Array``, numpy or torch); the frames are a reshape (no copy for a
+        contiguous array), scored in one call of ``B * T`` images on the videos' device.
+      prompts: ``B`` strings; each frame is scored with its video's prompt.
+
+    Returns:
+      ``[B]`` float32: the mean over the ``T`` frames.
+    """
+    shape = tuple(videos.shape)
+    b, t = int(shape[0]), int(shape[1])
+    frames = videos.reshape((b * t, *shape[2:]))
+    scores = np.asarray(image_fn(frames, [p for p in prompts for _ in range(t)]), dtype=np.float32)
+    if scores.shape != (b * t,):
+        raise RuntimeError(f"the image reward returned shape {scores.shape} for {b * t} frames")
+    return scores.reshape(b, t).mean(axis=1)
 
 
 def validate_inputs(images: Any, prompts: Sequence[str], *, video: bool = False) -> None:
@@ -152,4 +184,5 @@ _BUILTIN_MODULES: list[str] = [
     "reward_models.imagereward",
     "reward_models.shapes",
     "reward_models.viclip",
+    "reward_models.video_metrics",
 ]
