@@ -1,0 +1,371 @@
+"""Is the shapes model a testbed that can tell? Label stability, threshold margins and alignment (issue 18).
+
+For a model directory (default: the shipped one) and the tuning prompts (never the evaluation sets,
+DESIGN.md §11), with the model's own sampler settings (DDIM, ``find_defaults.json``: 20 steps, CFG 2, eta 0):
+
+(a) **label stability**: the share of draws whose exact label (aligned or not) is unchanged when
+    ``x_T -> (x_T + s z) / sqrt(1 + s^2)`` with ``s = 0.1`` (a nearby x_T of the same prior);
+(b) **threshold margins**: the share of found objects whose scorer features lie within 10% of a threshold
+    (pixel colour: the nearest palette colour's distance within 10% of the second nearest, over the object's
+    pixels; shape: vertical skewness within ``0.1 * |TRIANGLE_SKEW|`` of it, kurtosis gap within
+    ``0.1 * SQUARE_KURTOSIS_GAP`` of it; size: pixels within 10% of ``MIN_PIXELS``);
+(c) exact alignment on the common tuning captions (``TUNING_COMMON``);
+(d) exact alignment on the rare tuning captions (``TUNING``);
+
+each with a 95% Wilson interval. The sampler here is self-contained (``find_jax.envs.ddim`` maths in one
+``lax.scan``) so that it depends only on the saved layout.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from find_jax.envs.ddim import ddim_schedule, ddim_step
+from find_jax.envs.image.decoders import depth_to_space, to_unit_range
+from find_jax.envs.image.shapes import tokenizer as shapes_tokenizer
+from find_jax.envs.image.shapes import world
+from reward_models import shapes as scorer
+
+DEFAULT_MODEL_DIR = os.path.join(os.path.dirname(__file__), "assets", "shapes_model")
+# Copies of find_jax.evaluate_shapes.TUNING / TUNING_COMMON (kept apart from the evaluation sets).
+TUNING = ("a white circle", "a yellow square", "three yellow triangles", "a red triangle at the bottom")
+TUNING_COMMON = (
+    "a yellow triangle on the left",
+    "two yellow triangles",
+    "a blue square above a yellow triangle",
+    "a red circle at the bottom",
+    "a yellow triangle to the left of a red circle",
+    "two blue squares",
+)
+NEAR = 0.1  # "near a threshold": within 10% of it
+
+
+@dataclasses.dataclass(frozen=True)
+class LoadedShapesModel:
+    """A saved shapes model: modules, params and sampler settings."""
+
+    unet: Any  # FlaxUNet2DConditionModel
+    text_encoder: Any  # FlaxCLIPTextModel
+    tokenizer: Any  # CLIPTokenizer
+    params: dict[str, Any]  # {"unet": ..., "text_encoder": ...}
+    scheduler: dict[str, Any]  # scheduler_config.json
+    latent_shape: tuple[int, int, int]  # (C, h, w) of x_T
+    factor: int  # space-to-depth factor of the decoder
+    defaults: dict[str, Any]  # find_defaults.json
+
+
+def load_shapes_model(model_dir: str = DEFAULT_MODEL_DIR) -> LoadedShapesModel:
+    """Reads the diffusers layout written by :func:`find_jax.envs.image.shapes.model.save_model`."""
+    from diffusers import FlaxUNet2DConditionModel
+    from transformers import CLIPTokenizer, FlaxCLIPTextModel
+
+    def read(*p):
+        with open(os.path.join(model_dir, *p), encoding="utf-8") as f:
+            return json.load(f)
+
+    unet, unet_params = FlaxUNet2DConditionModel.from_pretrained(os.path.join(model_dir, "unet"))
+    text = FlaxCLIPTextModel.from_pretrained(os.path.join(model_dir, "text_encoder"), _do_init=False)
+    text_encoder, text_params = text if isinstance(text, tuple) else (text, text.params)
+    tok = CLIPTokenizer.from_pretrained(os.path.join(model_dir, "tokenizer"))
+    dec = read("decoder", "config.json")
+    c = unet.config.in_channels
+    defaults_path = os.path.join(model_dir, "find_defaults.json")
+    defaults = read("find_defaults.json") if os.path.exists(defaults_path) else {}
+    return LoadedShapesModel(
+        unet,
+        text_encoder,
+        tok,
+        {"unet": unet_params, "text_encoder": text_params},
+        read("scheduler", "scheduler_config.json"),
+        (c, unet.config.sample_size, unet.config.sample_size),
+        int(dec["factor"]),
+        defaults,
+    )
+
+
+def make_sample_fn(model: LoadedShapesModel, *, steps: int, guidance: float, eta: float = 0.0):
+    """Jitted ``sample_fn(params, x_T [B, C, h, w], ids [B, L], empty_ids [L], rng) -> images [B, 32, 32, 3]``."""
+    sched = ddim_schedule(model.scheduler, steps)
+    ts, al, alp = (jnp.asarray(a) for a in (sched.timesteps, sched.alpha, sched.alpha_prev))
+    factor, n_img = model.factor, 3 * model.factor**2
+
+    @jax.jit
+    def sample_fn(params, x_t, ids, empty_ids, rng):
+        b = x_t.shape[0]
+        all_ids = jnp.concatenate([jnp.broadcast_to(empty_ids, ids.shape), ids])
+        ctx = model.text_encoder(all_ids, params=params["text_encoder"], train=False)[0]
+
+        def body(x, k):
+            t = jnp.full((2 * b,), ts[k], jnp.int32)
+            out = model.unet.apply({"params": params["unet"]}, jnp.concatenate([x, x]), t, ctx).sample
+            u, c = out[:b], out[b:]
+            noise = jax.random.normal(jax.random.fold_in(rng, k), x.shape, x.dtype)
+            x = ddim_step(
+                x,
+                u + guidance * (c - u),
+                al[k],
+                alp[k],
+                noise,
+                eta=eta,
+                prediction_type=sched.prediction_type,
+                clip_sample=sched.clip_sample,
+            )
+            return x, None
+
+        x0, _ = jax.lax.scan(body, x_t, jnp.arange(len(sched.timesteps)))
+        return to_unit_range(depth_to_space(x0[:, :n_img], factor))
+
+    return sample_fn
+
+
+class Sampler:
+    """Samples a loaded model at fixed settings, ``chunk`` images per call (one compiled shape)."""
+
+    def __init__(self, model: LoadedShapesModel, *, steps=None, guidance=None, eta: float = 0.0, chunk: int = 32):
+        self.model = model
+        self.steps = int(steps or model.defaults.get("steps", 20))
+        self.guidance = float(guidance if guidance is not None else model.defaults.get("guidance", 2.0))
+        self.eta = eta
+        self.chunk = chunk
+        self.fn = make_sample_fn(model, steps=self.steps, guidance=self.guidance, eta=eta)
+        self.empty = jnp.asarray(shapes_tokenizer.encode(model.tokenizer, [""])[0])
+
+    def __call__(self, x_t: np.ndarray, prompt: str, rng: jax.Array | None = None) -> np.ndarray:
+        """``x_t [N, C, h, w]`` -> images ``[N, 32, 32, 3]`` in ``[0, 1]`` for one prompt."""
+        rng = jax.random.PRNGKey(0) if rng is None else rng
+        ids = shapes_tokenizer.encode(self.model.tokenizer, [prompt] * self.chunk)
+        out = []
+        for s in range(0, x_t.shape[0], self.chunk):
+            part = np.asarray(x_t[s : s + self.chunk], np.float32)
+            k = part.shape[0]
+            if k < self.chunk:
+                part = np.concatenate([part, np.zeros((self.chunk - k, *part.shape[1:]), np.float32)])
+            imgs = self.fn(
+                self.model.params, jnp.asarray(part), jnp.asarray(ids), self.empty, jax.random.fold_in(rng, s)
+            )
+            out.append(np.asarray(imgs)[:k])
+        return np.concatenate(out)
+
+
+def wilson(k: float, n: int, z: float = 1.96) -> tuple[float, float]:
+    """95% Wilson interval of a proportion ``k / n``."""
+    if n == 0:
+        return (0.0, 1.0)
+    p = k / n
+    d = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / d
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / d
+    return (max(0.0, centre - half), min(1.0, centre + half))
+
+
+def proportion(flags: Sequence[bool]) -> dict[str, float]:
+    """``{"value", "lo", "hi", "n"}`` of a list of flags (Wilson 95%)."""
+    n = len(flags)
+    k = float(np.sum(flags))
+    lo, hi = wilson(k, n)
+    return {"value": k / n if n else float("nan"), "lo": lo, "hi": hi, "n": n}
+
+
+def near_threshold(image: np.ndarray, obj: scorer.FoundObject, near: float = NEAR) -> dict[str, bool]:
+    """Which scorer decisions about ``obj`` lie within ``near`` (relative) of their threshold.
+
+    ``colour``: over the object's pixels, the mean ratio (nearest palette distance / second nearest) is above
+    ``1 - near``, i.e. the typical pixel is almost as close to another colour; ``triangle``: skewness within
+    ``near * |TRIANGLE_SKEW|`` of TRIANGLE_SKEW; ``square``: (non-triangles only) kurtosis gap within
+    ``near * SQUARE_KURTOSIS_GAP`` of it; ``size``: pixels within ``near * MIN_PIXELS`` of MIN_PIXELS.
+    """
+    r0, c0, h, w = obj.bbox
+    patch = np.asarray(image, np.float32)[r0 : r0 + h, c0 : c0 + w]
+    labels = scorer.classify_pixels(patch)
+    k = scorer.PALETTE_NAMES.index(obj.colour)
+    px = patch[labels == k]
+    d = np.sqrt(((px[:, None, :] - scorer.PALETTE[None]) ** 2).sum(-1))  # [P, 7]
+    d.sort(axis=1)
+    ratio = float(np.mean(d[:, 0] / np.maximum(d[:, 1], 1e-9))) if len(px) else 0.0
+    tri = abs(obj.skew - scorer.TRIANGLE_SKEW) <= near * abs(scorer.TRIANGLE_SKEW)
+    sq = obj.skew >= scorer.TRIANGLE_SKEW and abs(obj.gap - scorer.SQUARE_KURTOSIS_GAP) <= near * abs(
+        scorer.SQUARE_KURTOSIS_GAP
+    )
+    return {
+        "colour": ratio > 1.0 - near,
+        "triangle": bool(tri),
+        "square": bool(sq),
+        "size": abs(obj.pixels - scorer.MIN_PIXELS) <= near * scorer.MIN_PIXELS,
+    }
+
+
+def perturb(x_t: np.ndarray, z: np.ndarray, s: float) -> np.ndarray:
+    """``(x_T + s z) / sqrt(1 + s^2)``: a nearby draw of the same N(0, I) prior."""
+    return (x_t + s * z) / np.sqrt(1.0 + s * s)
+
+
+def measure_prompts(sampler: Sampler, prompts: Sequence[str], *, n: int, seed: int, s: float = 0.1) -> dict[str, Any]:
+    """Samples ``n`` x_T per prompt and their perturbations; per-prompt flags for (a)-(d)."""
+    shape = sampler.model.latent_shape
+    per_prompt = {}
+    for i, p in enumerate(prompts):
+        rng = np.random.default_rng([seed, i])
+        x_t = rng.standard_normal((n, *shape)).astype(np.float32)
+        z = rng.standard_normal((n, *shape)).astype(np.float32)
+        imgs = sampler(x_t, p)
+        imgs2 = sampler(perturb(x_t, z, s), p)
+        sc = scorer.score_batch(imgs, [p] * n)
+        sc2 = scorer.score_batch(imgs2, [p] * n)
+        near = [near_threshold(im, o) for im, r in zip(imgs, sc, strict=True) for o in r.details["objects"]]
+        per_prompt[p] = {
+            "exact": [bool(r.exact) for r in sc],
+            "stable": [bool(a.exact == b.exact) for a, b in zip(sc, sc2, strict=True)],
+            "near": near,
+            "pixel_diff": float(np.mean(np.abs(imgs - imgs2))),
+        }
+    return per_prompt
+
+
+def summarise(rare: dict[str, Any], common: dict[str, Any]) -> dict[str, Any]:
+    """Pools :func:`measure_prompts` results into the four figures (each a Wilson proportion)."""
+    both = {**rare, **common}
+    near = [d for v in both.values() for d in v["near"]]
+    out = {
+        "stability": proportion([f for v in both.values() for f in v["stable"]]),
+        "near": {k: proportion([d[k] for d in near]) for k in ("colour", "triangle", "square", "size")},
+        "near_any": proportion([any(d.values()) for d in near]),
+        "common_exact": proportion([f for v in common.values() for f in v["exact"]]),
+        "rare_exact": proportion([f for v in rare.values() for f in v["exact"]]),
+        "pixel_diff": float(np.mean([v["pixel_diff"] for v in both.values()])),
+        "per_prompt": {
+            p: {"exact": float(np.mean(v["exact"])), "stable": float(np.mean(v["stable"]))} for p, v in both.items()
+        },
+    }
+    return out
+
+
+def measure_model(
+    model_dir: str = DEFAULT_MODEL_DIR,
+    *,
+    n: int = 64,
+    seed: int = 123,
+    steps=None,
+    guidance=None,
+    rare: Sequence[str] = TUNING,
+    common: Sequence[str] = TUNING_COMMON,
+    chunk: int = 32,
+) -> dict[str, Any]:
+    """(a)-(d) of the module docstring for the model in ``model_dir``."""
+    sampler = Sampler(load_shapes_model(model_dir), steps=steps, guidance=guidance, chunk=min(chunk, n))
+    res = summarise(
+        measure_prompts(sampler, rare, n=n, seed=seed), measure_prompts(sampler, common, n=n, seed=seed + 1)
+    )
+    res.update({"model_dir": model_dir, "n": n, "seed": seed, "steps": sampler.steps, "guidance": sampler.guidance})
+    return res
+
+
+def format_report(res: dict[str, Any]) -> str:
+    """The four figures as text lines (value [95% interval])."""
+
+    def f(p):
+        return f"{p['value']:.3f} [{p['lo']:.3f}, {p['hi']:.3f}] (n={p['n']})"
+
+    lines = [
+        f"model {res['model_dir']}: {res['steps']} DDIM steps, CFG {res['guidance']}, {res['n']} x_T per prompt",
+        f"(a) label stability, s=0.1:   {f(res['stability'])}   (target >= 0.97)",
+        f"    mean |pixel difference| under the perturbation: {res['pixel_diff']:.4f}",
+        f"(b) objects near a threshold: {f(res['near_any'])}",
+    ]
+    lines += [f"      {k:9s} {f(v)}" for k, v in res["near"].items()]
+    lines += [
+        f"(c) common exact:             {f(res['common_exact'])}   (target >= 0.90)",
+        f"(d) rare exact:               {f(res['rare_exact'])}   (target <= 0.30)",
+    ]
+    lines += [f"    {p}: exact {v['exact']:.2f}, stable {v['stable']:.2f}" for p, v in res["per_prompt"].items()]
+    return "\n".join(lines)
+
+
+# --- Positive controls (issue 18, item 2): a testbed must register a known improvement as one ----------------
+
+
+def colour_shift(latent_shape: tuple[int, int, int], colour: str, s: float, *, factor: int = 2) -> np.ndarray:
+    """``mu [C, h, w]``: ``s * (2 rgb - 1)`` of the named world colour on every folded image channel, 0 on the
+    coordinate planes (channel ``(dy * f + dx) * 3 + c`` holds colour ``c``; ``decoders.space_to_depth``)."""
+    rgb = 2.0 * np.asarray(world.COLOURS[colour], np.float32) - 1.0
+    mu = np.zeros(latent_shape, np.float32)
+    n_img = 3 * factor * factor
+    for k in range(n_img):
+        mu[k] = s * rgb[k % 3]
+    return mu
+
+
+def fit_exact(x_t: np.ndarray, exact: Sequence[bool]) -> tuple[np.ndarray, np.ndarray] | None:
+    """``(mu, sigma)`` per element of the exactly aligned draws among ``x_t [N, C, h, w]`` (None under two)."""
+    good = np.asarray(x_t)[np.asarray(exact, bool)]
+    if len(good) < 2:
+        return None
+    return good.mean(axis=0), good.std(axis=0, ddof=1)
+
+
+def positive_control(
+    sampler: Sampler,
+    prompts: Sequence[str] = TUNING,
+    *,
+    n_search: int = 150,
+    n_eval: int = 64,
+    seed: int = 7,
+    shift: float = 1.0,
+) -> dict[str, Any]:
+    """Exact alignment of ``n_eval`` fresh draws from known-better Gaussians against the prior, per prompt.
+
+    * ``base``: ``z ~ N(0, I)``;
+    * ``exact_fit``: ``mu + sigma * z`` with the per-element mean and spread of the exactly aligned draws among
+      ``n_search`` prior draws (as many as FIND's reward calls; a prompt with under two keeps the prior);
+    * ``colour_shift``: ``z + colour_shift(colour of the caption's first object, shift)`` (README: a coherent
+      shift towards the named colour is the direction FIND would have to find);
+
+    all with the same ``z``. Pooled proportions carry Wilson 95% intervals; ``separated`` says the interval of a
+    control lies wholly above the base's.
+    """
+    shape = sampler.model.latent_shape
+    flags: dict[str, dict[str, list[bool]]] = {"base": {}, "exact_fit": {}, "colour_shift": {}}
+    searched = {}
+    for i, p in enumerate(prompts):
+        rng = np.random.default_rng([seed, i])
+        x_s = rng.standard_normal((n_search, *shape)).astype(np.float32)
+        z = rng.standard_normal((n_eval, *shape)).astype(np.float32)
+        ex_s = [r.exact for r in scorer.score_batch(sampler(x_s, p), [p] * n_search)]
+        searched[p] = float(np.mean(ex_s))
+        fit = fit_exact(x_s, ex_s)
+        cap = world.parse_caption(p)
+        draws = {
+            "base": z,
+            "exact_fit": z if fit is None else fit[0] + fit[1] * z,
+            "colour_shift": z + colour_shift(shape, cap.colour, shift, factor=sampler.model.factor),
+        }
+        for name, x in draws.items():
+            flags[name][p] = [bool(r.exact) for r in scorer.score_batch(sampler(x, p), [p] * n_eval)]
+    pooled = {k: proportion([f for v in d.values() for f in v]) for k, d in flags.items()}
+    return {
+        "pooled": pooled,
+        "separated": {k: pooled[k]["lo"] > pooled["base"]["hi"] for k in ("exact_fit", "colour_shift")},
+        "per_prompt": {p: {k: float(np.mean(flags[k][p])) for k in flags} | {"search": searched[p]} for p in prompts},
+        "n_search": n_search,
+        "n_eval": n_eval,
+        "shift": shift,
+    }
+
+
+def format_control(res: dict[str, Any]) -> str:
+    """The positive-control table as text."""
+    lines = [f"positive controls ({res['n_eval']} fresh draws per prompt; fit on {res['n_search']} prior draws)"]
+    for k, p in res["pooled"].items():
+        sep = "" if k == "base" else ("  above base: yes" if res["separated"][k] else "  above base: no")
+        lines.append(f"  {k:12s} {p['value']:.3f} [{p['lo']:.3f}, {p['hi']:.3f}] (n={p['n']}){sep}")
+    for p, v in res["per_prompt"].items():
+        lines.append(f"    {p}: " + ", ".join(f"{k} {x:.2f}" for k, x in v.items()))
+    return "\n".join(lines)

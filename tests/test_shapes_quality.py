@@ -1,0 +1,167 @@
+"""The testbed-quality measurements (issue 18 (a)-(d)) on a tiny random shapes model."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from script_loader import load_script
+
+from find_jax.envs.image.decoders import depth_to_space
+from find_jax.envs.image.shapes import model as shapes_model
+from find_jax.envs.image.shapes import quality, world
+from find_jax.envs.image.shapes import tokenizer as shapes_tokenizer
+from reward_models import shapes as scorer
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory):
+    root = tmp_path_factory.mktemp("shapes_quality")
+    model = shapes_model.build_model(shapes_model.tiny_config(), str(root / "tok"))
+    params = shapes_model.init_params(model, jax.random.PRNGKey(0))
+    out = root / "model"
+    shapes_model.save_model(model, params, str(out), {"steps": 0})
+    return str(out)
+
+
+@pytest.fixture(scope="module")
+def loaded(tiny_dir):
+    return quality.load_shapes_model(tiny_dir)
+
+
+def test_wilson_matches_hand_values():
+    lo, hi = quality.wilson(5, 10)
+    assert lo == pytest.approx(0.2366, abs=1e-4) and hi == pytest.approx(0.7634, abs=1e-4)
+    lo, hi = quality.wilson(0, 10)
+    assert lo == 0.0 and hi == pytest.approx(0.2775, abs=1e-4)
+    p = quality.proportion([True, False, False, True])
+    assert p["value"] == 0.5 and p["n"] == 4 and p["lo"] < 0.5 < p["hi"]
+
+
+def test_perturb_keeps_the_prior():
+    rng = np.random.default_rng(0)
+    x, z = rng.standard_normal((2, 200_000))
+    y = quality.perturb(x, z, 0.1)
+    assert np.std(y) == pytest.approx(1.0, abs=0.01)
+    assert np.corrcoef(x, y)[0, 1] == pytest.approx(1 / np.sqrt(1.01), abs=1e-3)
+    np.testing.assert_array_equal(quality.perturb(x, z, 0.0), x)
+
+
+def test_one_step_sample_is_cfg_ddim_by_hand(loaded):
+    """Steps=1: x0 from the guided v-prediction at t=1, stepped to abar_0 (unconditional first in the batch)."""
+    sampler = quality.Sampler(loaded, steps=1, guidance=3.0, chunk=2)
+    x = np.random.default_rng(1).standard_normal((2, *loaded.latent_shape)).astype(np.float32)
+    got = sampler(x, "a red circle")
+    assert got.shape == (2, 32, 32, 3) and got.min() >= 0.0 and got.max() <= 1.0
+
+    ids = shapes_tokenizer.encode(loaded.tokenizer, ["", "a red circle"])
+    ctx = loaded.text_encoder(jnp.asarray(ids), params=loaded.params["text_encoder"], train=False)[0]
+    ctx = jnp.repeat(ctx, 2, axis=0)  # [u, u, c, c]
+    xx = jnp.concatenate([x, x])
+    v = loaded.unet.apply({"params": loaded.params["unet"]}, xx, jnp.ones((4,), jnp.int32), ctx).sample
+    v = v[:2] + 3.0 * (v[2:] - v[:2])
+    betas = np.linspace(1e-4, 0.02, 1000)
+    abar = np.cumprod(1 - betas)
+    a, ap = abar[1], abar[0]
+    x0 = np.sqrt(a) * x - np.sqrt(1 - a) * v
+    eps = np.sqrt(a) * v + np.sqrt(1 - a) * x
+    prev = np.sqrt(ap) * x0 + np.sqrt(1 - ap) * eps
+    want = np.clip(np.asarray(depth_to_space(jnp.asarray(prev[:, :12]), 2)) / 2 + 0.5, 0, 1)
+    np.testing.assert_allclose(got, want, atol=2e-4)
+
+
+def test_sampler_is_deterministic_and_chunked(loaded):
+    sampler = quality.Sampler(loaded, steps=2, chunk=2)
+    x = np.random.default_rng(2).standard_normal((3, *loaded.latent_shape)).astype(np.float32)
+    a = sampler(x, "a white circle")
+    b = sampler(x[::-1].copy(), "a white circle")
+    np.testing.assert_allclose(a, b[::-1], atol=1e-5)  # rows independent of chunk position
+    c = sampler(x, "two blue squares")
+    assert np.abs(a - c).max() > 0  # the caption conditions the sample
+
+
+def _square(colour_rgb, size=8, r0=4, c0=6):
+    img = np.zeros((32, 32, 3), np.float32)
+    img[r0 : r0 + size, c0 : c0 + size] = colour_rgb
+    return img
+
+
+def test_near_threshold_flags_ambiguous_colours_and_shapes():
+    clean = _square(world.COLOURS["white"])
+    (obj,) = scorer.find_objects(clean)
+    assert obj.shape == "square" and not any(quality.near_threshold(clean, obj).values())
+    muddy = _square((0.52, 0.52, 0.0))  # almost as close to red, green and black as to yellow
+    (obj,) = scorer.find_objects(muddy)
+    assert quality.near_threshold(muddy, obj)["colour"]
+    at_skew = dataclasses.replace(obj, skew=scorer.TRIANGLE_SKEW * 1.05, gap=0.0)
+    flags = quality.near_threshold(muddy, at_skew)
+    assert flags["triangle"] and not flags["square"]
+    at_gap = dataclasses.replace(obj, skew=0.0, gap=scorer.SQUARE_KURTOSIS_GAP * 0.95)
+    assert quality.near_threshold(muddy, at_gap)["square"]
+    assert quality.near_threshold(muddy, dataclasses.replace(obj, pixels=scorer.MIN_PIXELS))["size"]
+
+
+def test_measure_prompts_counts_and_zero_perturbation_is_stable(loaded):
+    sampler = quality.Sampler(loaded, steps=2, chunk=2)
+    res = quality.measure_prompts(sampler, ["a white circle", "two blue squares"], n=2, seed=0, s=0.0)
+    assert all(all(v["stable"]) for v in res.values()) and all(v["pixel_diff"] == 0.0 for v in res.values())
+    summary = quality.summarise(
+        {"a white circle": res["a white circle"]}, {"two blue squares": res["two blue squares"]}
+    )
+    assert summary["stability"]["n"] == 4 and summary["stability"]["value"] == 1.0
+    assert summary["rare_exact"]["n"] == 2 and summary["common_exact"]["n"] == 2
+
+
+def test_script_prints_the_four_figures(tiny_dir, capsys, tmp_path):
+    script = load_script("measure_shapes")
+    out = tmp_path / "m.json"
+    script.main(["--model", tiny_dir, "--n", "1", "--steps", "2", "--json", str(out)])
+    text = capsys.readouterr().out
+    for tag in ("(a) label stability", "(b) objects near", "(c) common exact", "(d) rare exact"):
+        assert tag in text
+    assert out.exists()
+    script.main(["--model", tiny_dir, "--n", "1", "--steps", "2", "--no-quality", "--controls", "--n-search", "2"])
+    text = capsys.readouterr().out
+    assert "positive controls" in text and "(a) label stability" not in text
+    with pytest.raises(SystemExit):
+        script.main(["--model", tiny_dir, "--n", "0"])
+
+
+def test_colour_shift_moves_each_folded_channel_towards_the_colour():
+    mu = quality.colour_shift((14, 16, 16), "yellow", 0.5)
+    np.testing.assert_allclose(mu[:12, 0, 0], [0.5, 0.5, -0.5] * 4)
+    assert np.all(mu[12:] == 0.0)  # coordinate planes untouched
+    img = np.asarray(depth_to_space(jnp.asarray(mu[None, :12]), 2))[0]
+    np.testing.assert_allclose(img[3, 5], [0.5, 0.5, -0.5])  # every pixel shifted towards yellow
+
+
+def test_fit_exact_uses_only_aligned_draws():
+    x = np.arange(12, dtype=np.float32).reshape(4, 3, 1, 1)
+    mu, sigma = quality.fit_exact(x, [True, False, True, False])
+    np.testing.assert_allclose(mu[:, 0, 0], [3.0, 4.0, 5.0])
+    np.testing.assert_allclose(sigma[:, 0, 0], np.std([[0, 1, 2], [6, 7, 8]], axis=0, ddof=1))
+    assert quality.fit_exact(x, [True, False, False, False]) is None
+
+
+class _BrightSampler:
+    """Draws a white circle when the mean of x_T's image channels is above 0.5, else a black image."""
+
+    def __init__(self):
+        self.model = dataclasses.make_dataclass("M", ["latent_shape", "factor"])((14, 16, 16), 2)
+
+    def __call__(self, x, prompt):
+        img = np.zeros((len(x), 32, 32, 3), np.float32)
+        circle = world.render([world.ShapeObject("circle", "white", 10, 10, 10)])
+        img[x[:, :12].mean(axis=(1, 2, 3)) > 0.5] = circle
+        return img
+
+
+def test_positive_control_registers_a_known_improvement():
+    res = quality.positive_control(_BrightSampler(), ["a white circle"], n_search=8, n_eval=16, shift=1.0)
+    assert res["pooled"]["base"]["value"] == 0.0 and res["pooled"]["colour_shift"]["value"] == 1.0
+    assert res["separated"] == {"exact_fit": False, "colour_shift": True}  # no aligned search draw: prior kept
+    assert res["per_prompt"]["a white circle"]["search"] == 0.0
+    assert "colour_shift" in quality.format_control(res)
