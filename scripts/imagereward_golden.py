@@ -29,15 +29,32 @@ torchvision, which breaks every transformers import beside the project's CPU tor
     /work/irvenv/bin/python scripts/imagereward_golden.py --out tests/fixtures/imagereward_tiny
 
 (on aarch64 use ``torch==2.9.1 torchvision==0.24.1``). It uses one CPU thread and takes under a minute.
+
+Or beside a CPU torch (how the current fixture was made; :func:`install_cpu_shims` says what it shims)::
+
+    python3 -m venv /work/irvenv
+    /work/irvenv/bin/pip install torch==2.13.0 numpy "setuptools<81" wheel pillow ftfy regex tqdm packaging pyyaml
+    /work/irvenv/bin/pip install transformers==4.46.3 "huggingface-hub<1"
+    /work/irvenv/bin/pip install --no-deps timm==0.6.13 torchvision==0.28.0 image-reward==1.5
+    /work/irvenv/bin/pip install --no-deps --no-build-isolation fairscale==0.4.13
+
+The images include 512x512 noise-free ones (smooth waves, a ramp) and one 512x640: the original resizes
+them with PIL, so they check the end-to-end score through PIL's 8-bit resample; for those the fixture also
+holds the original's ``_transform(224)`` output (``pixel_values/224/NAME``), the released model's input.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import importlib.abc
+import importlib.machinery
+import importlib.metadata
+import importlib.util
 import json
 import platform
 import sys
+import types
 from pathlib import Path
 
 import numpy as np
@@ -95,6 +112,65 @@ def med_config(vocab_size: int) -> dict:
         "encoder_width": 768,
         "add_cross_attention": True,
     }
+
+
+class _Stub(types.ModuleType):
+    """A module whose every attribute is a do-nothing callable class (for imports off the scoring path)."""
+
+    def __getattr__(self, name: str):
+        if name.startswith("__"):
+            raise AttributeError(name)
+        return type(name, (), {"__init__": lambda self, *a, **k: None, "__call__": lambda self, *a, **k: None})
+
+
+class _StubFinder(importlib.abc.MetaPathFinder, importlib.abc.Loader):
+    """Makes ``import top`` / ``import top.sub`` yield :class:`_Stub` modules for the given top-level names."""
+
+    def __init__(self, tops: set[str]) -> None:
+        self.tops = tops
+
+    def find_spec(self, fullname, path=None, target=None):
+        if fullname.split(".")[0] in self.tops:
+            return importlib.machinery.ModuleSpec(fullname, self, is_package=True)
+        return None
+
+    def create_module(self, spec):
+        module = _Stub(spec.name)
+        module.__path__ = []
+        return module
+
+    def exec_module(self, module) -> None:
+        module.check_min_version = lambda *a, **k: None
+
+
+def install_cpu_shims() -> list[str]:
+    """Lets the original run beside a CPU torch; returns what was shimmed (empty in a full install).
+
+    * torchvision: PyPI's (CUDA) build cannot register its C ops with a CPU torch, so its package
+      ``__init__`` fails; the transforms the original uses are pure Python and are imported without it.
+    * diffusers, datasets, accelerate, clip, wandb: imported at package import by ``ReFL`` / ``CLIPScore``, never
+      used by ``ImageReward.score``; stubbed when not installed.
+    """
+    shimmed = []
+    try:
+        import torchvision  # noqa: F401
+    except Exception:  # noqa: BLE001 - RuntimeError "operator torchvision::nms does not exist" and friends
+        for name in [m for m in sys.modules if m == "torchvision" or m.startswith("torchvision.")]:
+            del sys.modules[name]
+        spec = importlib.util.find_spec("torchvision")
+        module = types.ModuleType("torchvision")
+        module.__path__ = list(spec.submodule_search_locations)
+        module.__spec__ = spec
+        module.__version__ = importlib.metadata.version("torchvision")
+        sys.modules["torchvision"] = module
+        shimmed.append("torchvision (no package __init__)")
+    missing = {
+        m for m in ("diffusers", "datasets", "accelerate", "clip", "wandb") if importlib.util.find_spec(m) is None
+    }
+    if missing:
+        sys.meta_path.insert(0, _StubFinder(missing))
+        shimmed += sorted(missing)
+    return shimmed
 
 
 def import_original(tokenizer_dir: Path):
@@ -224,7 +300,34 @@ def make_images(seed: int) -> dict[str, np.ndarray]:
 
     sizes = {"sq0": (48, 48), "sq1": (48, 48), "sq2": (48, 48), "sq3": (48, 48)}
     sizes.update({"down_64x80": (64, 80), "up_30x40": (30, 40), "odd_97x50": (97, 50)})
-    return {name: pattern(h, w) for name, (h, w) in sizes.items()}
+    images = {name: pattern(h, w) for name, (h, w) in sizes.items()}
+    images.update(smooth_images(seed + 7))
+    return images
+
+
+def smooth_images(seed: int) -> dict[str, np.ndarray]:
+    """512x512 (and one 512x640) noise-free images: ramps and slow waves, where a float resize misses PIL
+    most often (a generated image at SD's size, resized by the original to the ViT's input)."""
+    rng = np.random.default_rng(seed)
+
+    def waves(h: int, w: int) -> np.ndarray:
+        yy, xx = np.mgrid[0:h, 0:w] / 512.0
+        chans = [
+            0.5
+            + 0.3 * np.sin(2 * np.pi * (rng.uniform(0.3, 2) * xx + rng.uniform(0.3, 2) * yy + rng.uniform()))
+            + 0.15 * np.cos(2 * np.pi * rng.uniform(1, 4) * yy)
+            for _ in range(3)
+        ]
+        return np.clip(np.round(np.stack(chans, -1) * 255), 0, 255).astype(np.uint8)
+
+    yy, xx = np.mgrid[0:512, 0:512]
+    ramp = np.stack([xx / 511 * 255, yy / 511 * 255, (xx + yy) / 1022 * 255], -1)
+    return {
+        "smooth512_a": waves(512, 512),
+        "smooth512_b": waves(512, 512),
+        "ramp512": np.round(ramp).astype(np.uint8),
+        "smooth512x640": waves(512, 640),
+    }
 
 
 PROMPTS = (
@@ -253,6 +356,11 @@ CASES = (
     ("down_64x80", 0),
     ("up_30x40", 2),
     ("odd_97x50", 6),
+    ("smooth512_a", 0),
+    ("smooth512_a", 2),
+    ("smooth512_b", 5),
+    ("ramp512", 1),
+    ("smooth512x640", 4),
 )
 
 
@@ -271,7 +379,9 @@ def main(argv: list[str] | None = None) -> None:
     out.mkdir(parents=True, exist_ok=True)
     tok_dir = out / "tokenizer"
     write_vocab(tok_dir)
+    shimmed = install_cpu_shims()
     RM, ir_mod, make_tiny = import_original(tok_dir)
+    transform_224 = ir_mod._transform(224)  # the released model's preprocessing, before the tiny patch
     # The released checkpoint's layout needs the real vocabulary size only in med_config (meta tensors).
     keys = released_keys(ir_mod, out)
     lines = ",\n".join(f" {json.dumps(k)}: {json.dumps(v)}" for k, v in keys.items())
@@ -302,6 +412,8 @@ def main(argv: list[str] | None = None) -> None:
     with torch.no_grad():
         for name, img in images.items():
             pixel_values[name] = loaded.preprocess(Image.fromarray(img)).numpy()
+            if name.startswith(("smooth512", "ramp512")):  # at the released size too (512 -> 224)
+                pixel_values[f"224/{name}"] = transform_224(Image.fromarray(img)).numpy()
         for image_name, p in CASES:
             prompt = PROMPTS[p]
             ids = loaded.blip.tokenizer(prompt, padding="max_length", truncation=True, max_length=35)
@@ -332,6 +444,7 @@ def main(argv: list[str] | None = None) -> None:
             "vision_heads": VISION_HEADS,
         },
         "seed": SEED,
+        "shims": shimmed,
         "versions": {
             "python": platform.python_version(),
             "torch": torch.__version__,
@@ -339,6 +452,7 @@ def main(argv: list[str] | None = None) -> None:
             "image-reward": importlib.metadata.version("image-reward"),
             "timm": importlib.metadata.version("timm"),
             "pillow": PIL.__version__,
+            "torchvision": importlib.metadata.version("torchvision"),
             "numpy": np.__version__,
         },
         "cases": cases,
@@ -349,6 +463,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    import importlib.metadata
-
     main()

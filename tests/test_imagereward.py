@@ -84,6 +84,19 @@ def test_resized_images_match_original(reward_fn):
         assert abs(got - c["score"]) < 1e-5, (c["image"], got, c["score"])
 
 
+@pytest.mark.parametrize("name", ["smooth512_a", "smooth512_b", "ramp512", "smooth512x640"])
+def test_released_size_pixels_equal_original_on_smooth_512(name):
+    """512x512 generated-size images through the released model's transform (512 -> 224): the original's
+    ``_transform(224)`` output, to float rounding (PIL's 8-bit bicubic reproduced bit for bit)."""
+    want = IMAGES[f"pixel_values/224/{name}"]
+    got = ir.preprocess(torch.from_numpy(image(name))[None], ir.ImageRewardConfig())[0].numpy()
+    assert got.shape == want.shape == (3, 224, 224)
+    np.testing.assert_allclose(got, want, atol=1e-6, rtol=0)
+    # The float kernel, for contrast, misses PIL by a grey level on a share of these smooth pixels.
+    flt = ir.preprocess(torch.from_numpy(image(name))[None], ir.make_config({"match_pil_uint8": False}))[0].numpy()
+    assert (np.abs(flt - want) * np.array(ir.ImageRewardConfig().pixel_std)[:, None, None] * 255 > 0.5).mean() > 1e-3
+
+
 def test_half_precision_encoders(tmp_path):
     """dtype='bfloat16' runs the encoders in bf16 (the head stays float32): close to, not equal to, golden."""
     m = ir.load_imagereward(
