@@ -1,5 +1,6 @@
 """Batched FIND: a group of prompts equals the same prompts run one at a time (one device here, four fake
-CPU devices in a subprocess), per-prompt checkpoints and resume, per-prompt failures, workdir checks."""
+CPU devices in a subprocess), per-prompt checkpoints and resume (also after ``should_stop``), per-prompt
+failures, workdir checks."""
 
 from __future__ import annotations
 
@@ -9,16 +10,19 @@ import os
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import jax
 import numpy as np
 import pytest
 from multidevice import run_on_four_devices
 
-from find_jax import batch, trainer
+from find_jax import loop, optimize, rundir
 from find_jax.config import get_preset
+from find_jax.envs import devices
 from find_jax.metrics import read_metrics
-from find_jax.prompts import PromptItem
+from find_jax.prompts import PromptItem, prompts_to_json
+from find_jax.testing import FunctionEnvironment
 
 SHAPE = (1, 2, 2)
 TARGETS = {"a": 1.0, "b": -1.0, "c": 0.5, "d": 2.0, "e": -0.5}
@@ -27,8 +31,9 @@ ITEMS = [PromptItem(p, "even" if i % 2 == 0 else "odd") for i, p in enumerate("a
 ATOL = 1e-6
 
 
-def identity_factory(prompts):
-    return lambda x, rngs: x  # the "images" are the latents [P, N, C, h, w]
+def identity_env(embed_fn=None):
+    """The "images" are the latents: ``[P, N, C, h, w]`` in, the same out."""
+    return FunctionEnvironment(lambda x, rng: x, SHAPE, embed_fn=embed_fn)
 
 
 def target_reward(x, prompts):
@@ -43,27 +48,42 @@ def tiny(**kw):
     return get_preset("tiny", **base)
 
 
-def run_batch(workdir, items=ITEMS, cfg=None, reward_fn=target_reward, p=2):
-    return batch.optimize_batch(
-        cfg or tiny(),
-        items,
+def run_batch(workdir, items=ITEMS, cfg=None, reward_fn=target_reward, p=2, env=None, should_stop=None):
+    """A prompt set through the loop, wired as :func:`find_jax.optimize.run_batch` wires a loaded model's
+    environment: the embeddings, ``batch.json`` + ``prompts.json``, one run per prompt."""
+    cfg = cfg or tiny()
+    env = env or identity_env()
+    items = list(items)
+    workdir = Path(workdir)
+    embeddings = env.prompt_embeddings([it.text for it in items]) if cfg.drcm_text_conditioned else None
+    records = prompts_to_json(items)
+    base = dataclasses.replace(cfg, prompt="")
+    embed_dim = 0 if embeddings is None else int(embeddings.shape[1])
+    record = rundir.batch_record(base, env.latent_shape, embed_dim, env.source, env.fingerprint)
+    rundir.prepare_batch_dir(workdir, record, records, base)
+    runs = [loop.PromptRun(r["index"], r["prompt"], r["category"], workdir / r["dir"], r["dir"]) for r in records]
+    return loop.run_prompts(
+        cfg,
+        runs,
         workdir,
-        env_factory=identity_factory,
+        env=env,
         reward_fn=reward_fn,
-        latent_shape=SHAPE,
+        embeddings=embeddings,
         batch_prompts=p,
+        should_stop=should_stop,
     )
 
 
-def single_run(tmp_path, text, cfg=None, reward_fn=target_reward):
+def single_run(tmp_path, text, cfg=None, reward_fn=target_reward, prompt_embedding=None):
     cfg = dataclasses.replace(cfg or tiny(), prompt=text)
     wd = tmp_path / f"single-{text}"
-    state = trainer.optimize(cfg, wd, env_fn=lambda x, rng: x, reward_fn=reward_fn, latent_shape=SHAPE)
+    env = FunctionEnvironment(lambda x, rng: x, SHAPE)
+    state = loop.optimize_one(cfg, wd, env=env, reward_fn=reward_fn, prompt_embedding=prompt_embedding)
     return state, wd
 
 
 def assert_same_run(batch_dir, single_dir, atol=ATOL):
-    a, b = trainer.load_state(batch_dir), trainer.load_state(single_dir)
+    a, b = rundir.load_state(batch_dir), rundir.load_state(single_dir)
     assert int(a.step) == int(b.step)
     for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
         np.testing.assert_allclose(np.asarray(x, np.float64), np.asarray(y, np.float64), atol=atol, rtol=0)
@@ -90,7 +110,7 @@ def test_batch_writes_one_single_run_directory_per_prompt(batch_run):
     assert [r.status for r in result.results] == ["done"] * 5 and not result.failed
     for p in prompts:
         run = wd / p["dir"]
-        config, record = trainer.read_run(run)
+        config, record = rundir.read_run(run)
         assert config.prompt == p["prompt"] and config.seed == 0
         assert record["latent_shape"] == list(SHAPE)
         assert sorted(os.listdir(run / "checkpoints")) == ["6", "7"]  # the manager keeps two
@@ -98,7 +118,7 @@ def test_batch_writes_one_single_run_directory_per_prompt(batch_run):
         assert np.load(run / "final_latents.npy").shape == (2, *SHAPE)
         assert json.loads((run / "status.json").read_text()) == {"status": "done", "step": 7, "error": ""}
     # Same seed, same first draws, but each prompt's own reward drives its own update: the distributions differ.
-    mu = {p["prompt"]: np.asarray(trainer.load_state(wd / p["dir"]).policy.mu) for p in prompts}
+    mu = {p["prompt"]: np.asarray(rundir.load_state(wd / p["dir"]).policy.mu) for p in prompts}
     assert all(np.max(np.abs(mu[x] - mu[y])) > 1e-2 for x, y in ("ab", "bd", "ce", "ad"))
 
 
@@ -139,6 +159,32 @@ def test_interrupted_batch_resumes_to_the_uninterrupted_result(batch_run, tmp_pa
         assert_same_run(wd / d, wd_full / d)
 
 
+def test_should_stop_checkpoints_every_running_prompt_and_resumes_bit_for_bit(batch_run, tmp_path):
+    wd_full, _ = batch_run
+    asked = []
+
+    def stop_in_group_two():
+        asked.append(1)
+        return len(asked) == 9  # group (a, b) ran its 7 iterations; (c, d) is at iteration 2
+
+    wd = tmp_path / "wd"
+    with pytest.raises(loop.Interrupted, match="interrupted at iteration 2; rerun") as info:
+        run_batch(wd, should_stop=stop_in_group_two)
+    assert info.value.step == 2
+    assert json.loads((wd / "000-a" / "status.json").read_text())["status"] == "done"
+    for d in ("002-c", "003-d"):  # both running prompts saved at iteration 2 (not a checkpoint step)
+        assert int(rundir.load_state(wd / d).step) == 2
+        assert len(read_metrics(wd / d / "metrics.jsonl")) == 2
+        assert not (wd / d / "final_samples.npy").exists()
+    assert not (wd / "004-e").exists()  # its group never started
+    env = identity_env()
+    result = run_batch(wd, env=env)
+    assert [r.status for r in result.results] == ["done"] * 5
+    assert env.calls == (5 + 1) + (7 + 1)  # (c, d): iterations 3..7 + final samples; (e): all; (a, b): nothing
+    for d in ("000-a", "001-b", "002-c", "003-d", "004-e"):
+        assert_same_run(wd / d, wd_full / d, atol=0)  # the same groups: bit for bit
+
+
 def test_one_prompts_nan_rewards_do_not_stop_the_others(tmp_path):
     def reward(x, prompts):
         r = target_reward(x, prompts)
@@ -152,7 +198,7 @@ def test_one_prompts_nan_rewards_do_not_stop_the_others(tmp_path):
     failed = result.results[1]
     assert "max_bad_rewards=3" in failed.error and failed.step == 1
     # As a single run: the state before the failing iteration is checkpointed, with its skipped rewards.
-    saved = trainer.load_state(tmp_path / "wd" / "001-b")
+    saved = rundir.load_state(tmp_path / "wd" / "001-b")
     assert int(saved.step) == 1 and int(saved.bad_rewards) == 2
     assert json.loads((tmp_path / "wd" / "001-b" / "status.json").read_text())["status"] == "failed"
     assert not (tmp_path / "wd" / "001-b" / "final_samples.npy").exists()
@@ -176,29 +222,39 @@ def test_nan_parameters_fail_only_their_prompt(tmp_path):
 def test_workdir_of_another_setup_is_refused(batch_run, tmp_path):
     wd, _ = batch_run
     before = (wd / "prompts.json").read_text()
-    with pytest.raises(trainer.RunDirError, match="config.lr"):
+    with pytest.raises(rundir.RunDirError, match="config.lr"):
         run_batch(wd, cfg=tiny(lr=0.5))
-    with pytest.raises(trainer.RunDirError, match="prompt list differs"):
+    with pytest.raises(rundir.RunDirError, match="prompt list differs"):
         run_batch(wd, items=ITEMS[:3])
     assert (wd / "prompts.json").read_text() == before
     (tmp_path / "full").mkdir()
     (tmp_path / "full" / "precious.txt").write_text("keep")
-    with pytest.raises(trainer.RunDirError, match="not empty"):
+    with pytest.raises(rundir.RunDirError, match="not empty"):
         run_batch(tmp_path / "full")
     assert (tmp_path / "full" / "precious.txt").read_text() == "keep"
     single_state, single_dir = single_run(tmp_path, "a")
-    with pytest.raises(trainer.RunDirError, match="single-prompt run"):
+    with pytest.raises(rundir.RunDirError, match="single-prompt run"):
         run_batch(single_dir)
 
 
 def test_bad_arguments(tmp_path):
+    # The wiring refuses these before loading anything; the loop itself too, writing nothing.
     with pytest.raises(ValueError, match="batch-prompts"):
-        run_batch(tmp_path / "x", p=0)
+        optimize.run_batch(tiny(), ITEMS, tmp_path / "x", batch_prompts=0)
     with pytest.raises(ValueError, match="empty"):
-        run_batch(tmp_path / "y", items=[])
+        optimize.run_batch(tiny(), [], tmp_path / "y")
+    runs = [loop.PromptRun(0, "a", "", tmp_path / "w" / "000-a", "000-a")]
+    with pytest.raises(ValueError, match="batch-prompts"):
+        loop.run_prompts(tiny(), runs, tmp_path / "w", env=identity_env(), reward_fn=target_reward, batch_prompts=0)
+    with pytest.raises(ValueError, match="empty"):
+        loop.run_prompts(tiny(), [], tmp_path / "w", env=identity_env(), reward_fn=target_reward)
+    with pytest.raises(ValueError, match="prompt_embedding"):
+        loop.run_prompts(
+            tiny(drcm_text_conditioned=True), runs, tmp_path / "w", env=identity_env(), reward_fn=target_reward
+        )
     with pytest.raises(ValueError, match="embed_fn"):
         run_batch(tmp_path / "z", cfg=tiny(drcm_text_conditioned=True))
-    assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
+    assert not any((tmp_path / d).exists() for d in ("x", "y", "w", "z"))
 
 
 def test_text_conditioned_drcm_gets_each_prompts_embedding(tmp_path):
@@ -207,31 +263,21 @@ def test_text_conditioned_drcm_gets_each_prompts_embedding(tmp_path):
     def embed(text):
         return np.full(4, TARGETS[text], np.float32)
 
-    result = batch.optimize_batch(
-        cfg,
-        ITEMS[:2],
-        tmp_path / "wd",
-        env_factory=identity_factory,
-        reward_fn=target_reward,
-        latent_shape=SHAPE,
-        batch_prompts=2,
-        embed_fn=embed,
-    )
+    result = run_batch(tmp_path / "wd", items=ITEMS[:2], cfg=cfg, env=identity_env(embed_fn=embed))
     assert [r.status for r in result.results] == ["done", "done"]
-    single = dataclasses.replace(cfg, prompt="b")
-    trainer.optimize(
-        single, tmp_path / "sb", env_fn=lambda x, r: x, reward_fn=target_reward, latent_shape=SHAPE,
-        prompt_embedding=embed("b"),
-    )  # fmt: skip
-    assert_same_run(tmp_path / "wd" / "001-b", tmp_path / "sb")
+    for r in result.results:
+        _, record = rundir.read_run(tmp_path / "wd" / r.dir)
+        assert record["embed_dim"] == 4 and record["prompt_embedding_hash"] == rundir.array_hash(embed(r.prompt))
+    _, single_dir = single_run(tmp_path, "b", cfg=cfg, prompt_embedding=embed("b"))
+    assert_same_run(tmp_path / "wd" / "001-b", single_dir)
 
 
 def test_mesh_uses_devices_that_divide_the_group():
-    devices = jax.local_devices()
-    mesh = batch.make_prompt_mesh(3, devices)
+    local = jax.local_devices()
+    mesh = devices.make_prompt_mesh(3, local)
     assert mesh.axis_names == ("prompts",) and mesh.size == 1
     with pytest.raises(ValueError):
-        batch.make_prompt_mesh(0, devices)
+        devices.make_prompt_mesh(0, local)
 
 
 SHARDED_SCRIPT = textwrap.dedent(
@@ -239,40 +285,37 @@ SHARDED_SCRIPT = textwrap.dedent(
     import dataclasses, json, sys
     from pathlib import Path
     import jax, numpy as np
-    from find_jax import batch, trainer
+    from find_jax import envs, loop, optimize, rundir, trainer
     from find_jax.config import get_preset
-    from find_jax.envs import load_model
+    from find_jax.envs.devices import make_prompt_mesh, shard_prompts
     from find_jax.prompts import PromptItem
-    from find_jax.sampler import encode_prompts, make_environment
     from reward_models import make_reward
 
     model_dir, out = sys.argv[1], Path(sys.argv[2])
     assert len(jax.devices()) == 4, jax.devices()
-    assert batch.make_prompt_mesh(6).size == 3 and batch.make_prompt_mesh(8).size == 4
-    model = load_model(model_dir)
+    assert make_prompt_mesh(6).size == 3 and make_prompt_mesh(8).size == 4
+    model = envs.load_model(model_dir)
     cfg = get_preset("tiny", reward="brightness", drcm_hidden=(8, 8, 8), iterations=4, checkpoint_every=2,
                      samples_per_iter=2, replay_size=4, lr=0.05, eta=1.0)
     texts = ["a red cat", "a blue dog", "two green birds", "a yellow car"]
-    reward_fn = make_reward("brightness")
-    mesh = batch.make_prompt_mesh(4)
-    factory = batch.make_sd_env_factory(model, cfg, mesh)
-    result = batch.optimize_batch(cfg, [PromptItem(t) for t in texts], out / "batch", env_factory=factory,
-                                  reward_fn=reward_fn, latent_shape=factory.latent_shape, batch_prompts=4)
+    result = optimize.run_batch(cfg, [PromptItem(t) for t in texts], out / "batch", batch_prompts=4, model=model)
     assert result.devices == 4 and not result.failed, result
     # The state really is split over the 4 devices.
-    stacked = batch.shard_prompts(batch.stack_states([trainer.load_state(out / "batch" / r.dir)
-                                                     for r in result.results]), mesh)
+    mesh = make_prompt_mesh(4)
+    stacked = shard_prompts(trainer.stack_states([rundir.load_state(out / "batch" / r.dir)
+                                                  for r in result.results]), mesh)
     assert len(stacked.policy.mu.sharding.device_set) == 4
     assert stacked.policy.mu.addressable_shards[0].data.shape[0] == 1
-    # Four single runs, the trainer's own path, sharing one compiled sampler.
-    env0 = make_environment(model, texts[0], steps=cfg.steps, guidance=cfg.guidance, eta=cfg.eta)
+    # Four single runs, the single-prompt path, sharing one environment (one compiled sampler).
+    env = envs.make_environment(model, envs.sampler_settings(cfg))
+    reward_fn = make_reward("brightness")
     diffs = {}
     for t, r in zip(texts, result.results):
-        env = dataclasses.replace(env0, prompts=[t], cond=encode_prompts(model, [t]))
-        single = trainer.optimize(dataclasses.replace(cfg, prompt=t), out / ("single-" + r.dir), env_fn=env,
-                                  reward_fn=reward_fn, latent_shape=env.latent_shape, model_id=model.source,
-                                  weights_hash=model.fingerprint)
-        b = trainer.load_state(out / "batch" / r.dir)
+        single = loop.optimize_one(dataclasses.replace(cfg, prompt=t), out / ("single-" + r.dir), env=env,
+                                   reward_fn=reward_fn)
+        _, record = rundir.read_run(out / ("single-" + r.dir))
+        assert record["model_id"] == model.source and record["weights_hash"] == model.fingerprint
+        b = rundir.load_state(out / "batch" / r.dir)
         diffs[t] = [float(np.max(np.abs(np.asarray(b.policy.mu) - np.asarray(single.policy.mu)))),
                     float(np.max(np.abs(np.asarray(b.sigma) - np.asarray(single.sigma)))),
                     float(np.max(np.abs(np.load(out / "batch" / r.dir / "final_samples.npy")
@@ -290,22 +333,21 @@ SHARDED_BANDIT_SCRIPT = textwrap.dedent(
     from pathlib import Path
     import jax, numpy as np
     sys.path.insert(0, sys.argv[2])
-    from test_batch import ITEMS, SHAPE, identity_factory, target_reward, tiny
-    from find_jax import batch, trainer
+    from test_batch import ITEMS, run_batch, single_run, tiny
+    from find_jax import rundir
+    from find_jax.envs.devices import make_prompt_mesh
 
     out = Path(sys.argv[1])
     assert len(jax.devices()) == 4, jax.devices()
-    sizes = [batch.make_prompt_mesh(p).size for p in (1, 2, 3, 4, 6, 8)]
+    sizes = [make_prompt_mesh(p).size for p in (1, 2, 3, 4, 6, 8)]
     cfg = tiny()
-    result = batch.optimize_batch(cfg, ITEMS[:4], out / "batch", env_factory=identity_factory,
-                                  reward_fn=target_reward, latent_shape=SHAPE, batch_prompts=4)
+    result = run_batch(out / "batch", items=ITEMS[:4], cfg=cfg, p=4)
     diffs = {}
     for item, r in zip(ITEMS, result.results):
         if item.text not in ("a", "d"):  # the first and the last device
             continue
-        single = trainer.optimize(dataclasses.replace(cfg, prompt=item.text), out / item.text,
-                                  env_fn=lambda x, rng: x, reward_fn=target_reward, latent_shape=SHAPE)
-        b = trainer.load_state(out / "batch" / r.dir)
+        single, _ = single_run(out, item.text, cfg=cfg)
+        b = rundir.load_state(out / "batch" / r.dir)
         diffs[item.text] = max(float(np.max(np.abs(np.asarray(x, np.float64) - np.asarray(y, np.float64))))
                                for x, y in zip(jax.tree.leaves(b), jax.tree.leaves(single)))
     print(json.dumps({"devices": result.devices, "sizes": sizes, "diffs": diffs}))
@@ -338,11 +380,9 @@ MULTI_PROCESS_SCRIPT = textwrap.dedent(
     import json, sys
     from pathlib import Path
     sys.path.insert(0, sys.argv[2])
-    from test_batch import ITEMS, SHAPE, identity_factory, target_reward, tiny
-    from find_jax import batch
+    from test_batch import run_batch
 
-    result = batch.optimize_batch(tiny(), ITEMS, Path(sys.argv[1]), env_factory=identity_factory,
-                                  reward_fn=target_reward, latent_shape=SHAPE, batch_prompts=2)
+    result = run_batch(Path(sys.argv[1]))
     print(json.dumps([r.status for r in result.results]))
     """
 )
@@ -373,16 +413,16 @@ def test_two_processes_share_the_groups_of_one_workdir(batch_run, tmp_path):
 def test_process_share_from_the_environment(monkeypatch):
     for name in ("FIND_JAX_PROCESS_ID", "JAX_PROCESS_ID", "SLURM_PROCID", "OMPI_COMM_WORLD_RANK"):
         monkeypatch.delenv(name, raising=False)
-    assert batch.process_share() == (0, 1)
+    assert devices.process_share() == (0, 1)
     monkeypatch.setenv("SLURM_PROCID", "2")
     monkeypatch.setenv("SLURM_NTASKS", "4")
-    assert batch.process_share() == (2, 4)
+    assert devices.process_share() == (2, 4)
     monkeypatch.setenv("JAX_PROCESS_ID", "1")
     monkeypatch.setenv("JAX_NUM_PROCESSES", "3")
-    assert batch.process_share() == (1, 3)  # JAX's names win over SLURM's
+    assert devices.process_share() == (1, 3)  # JAX's names win over SLURM's
     monkeypatch.setenv("JAX_PROCESS_ID", "3")
     with pytest.raises(ValueError, match=r"JAX_PROCESS_ID=3 must be in \[0"):
-        batch.process_share()
+        devices.process_share()
     monkeypatch.setenv("JAX_PROCESS_ID", "one")
     with pytest.raises(ValueError, match="must be integers"):
-        batch.process_share()
+        devices.process_share()
