@@ -9,7 +9,10 @@ import pytest
 
 from find_jax import checkpoint as ckpt
 from find_jax.config import get_preset
-from find_jax.trainer import init_state, load_state, optimize
+from find_jax.loop import optimize_one
+from find_jax.rundir import RunDirError, load_state
+from find_jax.testing import FunctionEnvironment
+from find_jax.trainer import init_state
 
 SHAPE = (1, 2, 2)
 
@@ -23,12 +26,11 @@ def cfg(**kw):
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
     wd = tmp_path_factory.mktemp("run")
-    state = optimize(
+    state = optimize_one(
         cfg(),
         wd,
-        env_fn=lambda x, rng: x,
+        env=FunctionEnvironment(lambda x, rng: x, SHAPE),
         reward_fn=lambda x, p: -np.mean(np.asarray(x) ** 2, axis=(1, 2, 3)),
-        latent_shape=SHAPE,
     )
     return wd, state
 
@@ -111,7 +113,5 @@ def test_corrupt_checkpoint_is_refused_with_its_path(run_dir, tmp_path):
 
 
 def test_missing_checkpoints_and_rundir_are_explained(tmp_path):
-    from find_jax.trainer import RunDirError
-
     with pytest.raises(RunDirError, match="config.json is missing"):
         load_state(tmp_path)

@@ -5,7 +5,8 @@ import pytest
 
 from find_jax.config import get_preset
 from find_jax.export import export
-from find_jax.trainer import optimize
+from find_jax.loop import optimize_one
+from find_jax.testing import FunctionEnvironment
 
 SHAPE = (2, 2, 3)
 
@@ -13,13 +14,14 @@ SHAPE = (2, 2, 3)
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     wd = tmp_path_factory.mktemp("run")
-    cfg = get_preset("tiny", prompt="a yellow star", drcm_hidden=(8, 8, 8), iterations=3, num_final_samples=0)
-    state = optimize(
+    cfg = get_preset(
+        "tiny", prompt="a yellow star", drcm_hidden=(8, 8, 8), iterations=3, checkpoint_every=2, num_final_samples=0
+    )
+    state = optimize_one(
         cfg,
         wd,
-        env_fn=lambda x, rng: x,
+        env=FunctionEnvironment(lambda x, rng: x, SHAPE),
         reward_fn=lambda x, p: -np.mean(np.asarray(x) ** 2, axis=(1, 2, 3)),
-        latent_shape=SHAPE,
     )
     return wd, state
 
@@ -52,3 +54,22 @@ def test_export_errors(run, tmp_path):
         export(wd, "onnx", tmp_path / "x")
     with pytest.raises(RuntimeError, match="not a find-jax run directory"):
         export(tmp_path, "npz", tmp_path / "x.npz")
+
+
+def test_export_refuses_an_existing_file_unless_overwrite(run, tmp_path):
+    wd, state = run
+    out = tmp_path / "dist.npz"
+    out.write_bytes(b"precious")
+    with pytest.raises(FileExistsError, match="--overwrite"):
+        export(wd, "npz", out)
+    assert out.read_bytes() == b"precious"
+    # npz appends the suffix: the file it would write is the one refused.
+    with pytest.raises(FileExistsError, match="dist.npz exists"):
+        export(wd, "npz", tmp_path / "dist")
+    assert export(wd, "npz", out, overwrite=True) == out
+    np.testing.assert_array_equal(np.load(out)["mu"], np.asarray(state.policy.mu))
+    # An earlier step on request, over the previous export.
+    assert int(np.load(export(wd, "npz", out, step=2, overwrite=True))["step"]) == 2
+    (tmp_path / "adir.npz").mkdir()
+    with pytest.raises(FileExistsError, match="is a directory"):
+        export(wd, "npz", tmp_path / "adir.npz", overwrite=True)
