@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from find_jax.sampler import pooled_embedding, pooled_embeddings
+from find_jax.envs.text import pooled_embedding, pooled_embeddings
 
 PROMPTS = ["a red cube", "two blue spheres on a table", "a cat", "a photo of a dog in the snow", "green"]
 
@@ -27,7 +27,7 @@ def test_batched_pooled_embeddings_refuse_bad_input(tiny_model):
 
 
 def test_run_batch_conditions_each_prompt_on_its_batched_embedding(tiny_model, tmp_path):
-    from find_jax import batch, trainer
+    from find_jax import optimize, rundir
     from find_jax.config import get_preset
     from find_jax.prompts import PromptItem
 
@@ -36,10 +36,10 @@ def test_run_batch_conditions_each_prompt_on_its_batched_embedding(tiny_model, t
         "tiny", drcm_text_conditioned=True, reward="brightness", drcm_hidden=(8, 8, 8), iterations=1,
         checkpoint_every=1, samples_per_iter=2, replay_size=2, num_final_samples=1,
     )  # fmt: skip
-    result = batch.run_batch(cfg, [PromptItem(t) for t in texts], tmp_path / "wd", batch_prompts=2, model=tiny_model)
+    result = optimize.run_batch(cfg, [PromptItem(t) for t in texts], tmp_path / "wd", batch_prompts=2, model=tiny_model)
     assert [r.status for r in result.results] == ["done"] * 3
     expected = pooled_embeddings(tiny_model, texts)
     for r, emb in zip(result.results, expected, strict=True):
-        _, record = trainer.read_run(tmp_path / "wd" / r.dir)
+        _, record = rundir.read_run(tmp_path / "wd" / r.dir)
         assert record["embed_dim"] == emb.size
-        assert record["prompt_embedding_hash"] == trainer.array_hash(emb)
+        assert record["prompt_embedding_hash"] == rundir.array_hash(emb)
