@@ -105,6 +105,26 @@ def test_a_decoder_config_that_disagrees_with_the_unet_is_refused(run, tmp_path)
         load_model(str(copy))
 
 
+def test_init_from_warm_starts_from_an_exported_model(run, tmp_path):
+    from flax.serialization import msgpack_restore
+
+    from find_jax.envs.image.shapes.train import init_state
+
+    cfg = dataclasses.replace(tiny(1), init_from=str(run["out"]))
+    model = shapes_model.build_model(cfg.model, str(tmp_path / "tok"))
+    state = init_state(model, cfg, jax.random.PRNGKey(5))
+    saved = msgpack_restore((run["out"] / "unet/diffusion_flax_model.msgpack").read_bytes())
+    got, want = state.params["unet"]["conv_in"]["kernel"], saved["conv_in"]["kernel"]
+    np.testing.assert_array_equal(np.asarray(got), want)  # the exported (EMA) weights, not a fresh init
+    np.testing.assert_array_equal(np.asarray(state.ema_params["unet"]["conv_in"]["kernel"]), want)
+    fresh = init_state(model, tiny(1), jax.random.PRNGKey(5))
+    assert not np.array_equal(np.asarray(fresh.params["unet"]["conv_in"]["kernel"]), want)
+    wider = dataclasses.replace(cfg.model, block_out_channels=(64,))
+    other = shapes_model.build_model(wider, str(tmp_path / "tok2"))
+    with pytest.raises(ValueError, match="do not fit"):
+        init_state(other, dataclasses.replace(cfg, model=wider), jax.random.PRNGKey(5))
+
+
 def test_resume_with_another_config_is_refused(run):
     other = dataclasses.replace(tiny(3), learning_rate=1e-2)
     with pytest.raises(ValueError, match="different config"):
