@@ -95,25 +95,35 @@ def make_reward(name: str, **options: Any) -> RewardFn:
     return reward_fn
 
 
-def mean_over_frames(image_fn: Callable[[Any, Sequence[str]], Any], videos: Any, prompts: Sequence[str]) -> np.ndarray:
+def mean_over_frames(
+    image_fn: Callable[[Any, Sequence[str]], Any], videos: Any, prompts: Sequence[str], *, max_frames: int = 256
+) -> np.ndarray:
     """An image reward applied to every frame, averaged per video.
 
     Args:
       image_fn: ``image_fn(images [N, H, W, 3], prompts) -> [N]``.
       videos: ``[B, T, H, W, 3]`` (``jax.Array``, numpy or torch); the frames are a reshape (no copy for a
-        contiguous array), scored in one call of ``B * T`` images on the videos' device.
+        contiguous array), scored on the videos' device.
       prompts: ``B`` strings; each frame is scored with its video's prompt.
+      max_frames: at most this many frames per call of ``image_fn`` (whole videos at a time, at least one),
+        so 100 videos of 16 frames do not reach a model as one batch of 1600 images.
 
     Returns:
       ``[B]`` float32: the mean over the ``T`` frames.
     """
     shape = tuple(videos.shape)
     b, t = int(shape[0]), int(shape[1])
-    frames = videos.reshape((b * t, *shape[2:]))
-    scores = np.asarray(image_fn(frames, [p for p in prompts for _ in range(t)]), dtype=np.float32)
-    if scores.shape != (b * t,):
-        raise RuntimeError(f"the image reward returned shape {scores.shape} for {b * t} frames")
-    return scores.reshape(b, t).mean(axis=1)
+    step = max(1, int(max_frames) // t)
+    out = []
+    for start in range(0, b, step):
+        n = min(step, b - start)
+        frames = videos[start : start + n].reshape((n * t, *shape[2:]))
+        frame_prompts = [p for p in prompts[start : start + n] for _ in range(t)]
+        scores = np.asarray(image_fn(frames, frame_prompts), dtype=np.float32)
+        if scores.shape != (n * t,):
+            raise RuntimeError(f"the image reward returned shape {scores.shape} for {n * t} frames")
+        out.append(scores.reshape(n, t).mean(axis=1))
+    return np.concatenate(out)
 
 
 def validate_inputs(images: Any, prompts: Sequence[str], *, video: bool = False) -> None:

@@ -113,6 +113,10 @@ def test_mean_over_frames_passes_each_videos_prompt():
     out = mean_over_frames(fake, np.zeros((2, 3, 4, 4, 3), np.float32), ["x", "y"])
     assert seen == [((6, 4, 4, 3), ["x", "x", "x", "y", "y", "y"])]
     np.testing.assert_allclose(out, [1.0, 4.0])
+    seen.clear()  # at most 7 frames a call: whole videos of 3 frames, two at a time
+    out = mean_over_frames(fake, np.zeros((5, 3, 4, 4, 3), np.float32), list("abcde"), max_frames=7)
+    assert [s[0][0] for s in seen] == [6, 6, 3] and seen[2][1] == ["e"] * 3
+    np.testing.assert_allclose(out, [1.0, 4.0, 1.0, 4.0, 1.0])
 
 
 def test_pickscore_over_frames_and_the_tab5_set(tmp_path, clip_dir):
