@@ -20,7 +20,8 @@ SHARDED_SAMPLER_SCRIPT = r"""
 import json, logging, sys
 import jax, numpy as np
 from find_jax.envs import load_model
-from find_jax.sampler import batch_mesh, make_environment
+from find_jax.envs import SamplerSettings, make_environment
+from find_jax.envs.devices import batch_mesh
 
 records = []
 class Keep(logging.Handler):
@@ -33,18 +34,20 @@ model = load_model(sys.argv[1])
 out = {"devices": len(jax.devices()), "mesh": batch_mesh().size}
 for b, eta in ((1, 0.0), (2, 0.0), (4, 0.0), (4, 1.0)):
     prompts = ["a red cat", "a blue dog"][:1] * b if b == 1 else ["a red cat", "a blue dog"] * (b // 2)
-    one = make_environment(model, prompts, steps=4, eta=eta, mesh=None)
-    many = make_environment(model, prompts, steps=4, eta=eta)
-    x = jax.random.normal(jax.random.PRNGKey(b), (b, *one.latent_shape))
-    rng = jax.random.PRNGKey(7)
-    a, m = np.asarray(one(x, rng)), np.asarray(many(x, rng))
-    hlo = many.sample_fn.lower(many.params, x, many.cond, many.cond, rng).compile().as_text()
+    one = make_environment(model, SamplerSettings(steps=4, eta=eta), mesh=None)
+    many = make_environment(model, SamplerSettings(steps=4, eta=eta))
+    x = jax.random.normal(jax.random.PRNGKey(b), (b, 1, *one.latent_shape))  # P = b prompts, N = 1
+    rng = jax.numpy.stack([jax.random.fold_in(jax.random.PRNGKey(7), p) for p in range(b)])
+    a, m = np.asarray(one.bind(prompts)(x, rng)), np.asarray(many.bind(prompts)(x, rng))
+    cond, uncond = many.encode(prompts)
+    flat = x.reshape(b, *one.latent_shape)
+    hlo = many.sample_fn.lower(many.params, flat, cond, uncond, rng).compile().as_text()
     collectives = sum(hlo.count(op) for op in ("all-gather(", "all-reduce(", "all-to-all(", "collective-permute("))
     out[f"b{b}_eta{eta}"] = {
         "max_diff": float(np.abs(a - m).max()),
         "spread": float(np.ptp(a)),
         "collectives": collectives,
-        "out_devices": len(many(x, rng).devices()),
+        "out_devices": len(many.bind(prompts)(x, rng).devices()),
     }
 out["warnings"] = [r for r in records if "not a multiple" in r]
 print(json.dumps(out))

@@ -105,7 +105,8 @@ def test_group_norm_rejects_groups_that_do_not_divide_the_channels():
 
 def test_sampler_images_equal_with_and_without_the_rewrite(tiny_model):
     """Every GroupNorm of the tiny SD UNet and VAE goes through the rewrite; images agree to float32 rounding."""
-    from find_jax.sampler import encode_prompts, make_sampler
+    from find_jax.envs.image.sampler import make_sampler
+    from find_jax.envs.text import encode_prompts
 
     cond = encode_prompts(tiny_model, ["a red cat", "a blue dog"])
     uncond = encode_prompts(tiny_model, ["", ""], allow_empty=True)
@@ -114,6 +115,7 @@ def test_sampler_images_equal_with_and_without_the_rewrite(tiny_model):
     for fast in (False, True):
         fn = make_sampler(tiny_model, steps=4, guidance=7.5, fast_norm=fast)
         with mock.patch.object(fast_norm, "group_norm", wraps=fast_norm.group_norm) as spy:
-            images[fast] = np.asarray(fn(tiny_model.params, latents, cond, uncond, jax.random.PRNGKey(0)))
+            keys = jax.numpy.stack([jax.random.PRNGKey(0)] * 2)
+            images[fast] = np.asarray(fn(tiny_model.params, latents, cond, uncond, keys))
         assert (spy.call_count > 0) == fast  # counted while tracing
     np.testing.assert_allclose(images[True], images[False], atol=1e-5)

@@ -6,7 +6,7 @@ import jax
 import numpy as np
 import torch
 
-from find_jax.sampler import make_environment
+from find_jax.envs import SamplerSettings, make_environment
 
 torch.set_num_threads(1)
 
@@ -15,9 +15,10 @@ def test_matches_diffusers_pytorch_pipeline(tiny_sd_dir, tiny_model):
     from diffusers import DDIMScheduler, StableDiffusionPipeline
 
     prompts = ["a photo of a red cat", "a blue dog"]
-    env = make_environment(tiny_model, prompts, steps=10, guidance=7.5, eta=0.0)
+    env = make_environment(tiny_model, SamplerSettings(steps=10, guidance=7.5, eta=0.0))
     x_t = np.asarray(jax.random.normal(jax.random.PRNGKey(0), (2, *env.latent_shape)), dtype=np.float32)
-    ours = np.asarray(env(x_t, jax.random.PRNGKey(1)))
+    keys = jax.numpy.stack([jax.random.PRNGKey(1)] * 2)
+    ours = np.asarray(env.bind(prompts)(x_t[:, None], keys))[:, 0]  # [P=2, N=1, ...]
 
     pipe = StableDiffusionPipeline.from_pretrained(
         str(tiny_sd_dir), safety_checker=None, feature_extractor=None, requires_safety_checker=False
