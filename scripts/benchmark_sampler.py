@@ -80,8 +80,9 @@ def worker(args: argparse.Namespace) -> dict:
     if args.framework == "jax":
         import jax
 
-        from find_jax.envs import load_model
-        from find_jax.sampler import configure_cpu_devices, make_environment
+        from find_jax.envs import SamplerSettings, load_model, make_environment
+        from find_jax.envs.base import bind_one
+        from find_jax.envs.devices import configure_cpu_devices
 
         configure_cpu_devices(args.cpu_devices)
         devices = jax.local_device_count()  # what the sampler really splits over
@@ -89,10 +90,10 @@ def worker(args: argparse.Namespace) -> dict:
         if platform_name != "cpu":
             device_name = jax.devices()[0].device_kind
         model = load_model(args.model_dir, dtype=args.dtype)
-        env = make_environment(
-            model, prompts, steps=args.steps, guidance=args.guidance, fast_norm=args.fast_norm == "on"
-        )
-        x = jax.random.normal(jax.random.PRNGKey(0), (args.batch, *env.latent_shape))
+        settings = SamplerSettings(steps=args.steps, guidance=args.guidance)
+        environment = make_environment(model, settings, fast_norm=args.fast_norm == "on")
+        env = bind_one(environment, prompts[0])  # one prompt, the batch as its draws: [B] rows as before
+        x = jax.random.normal(jax.random.PRNGKey(0), (args.batch, *environment.latent_shape))
         rss_loaded = _peak_mb()
         t = time.perf_counter()
         env(x, jax.random.PRNGKey(0)).block_until_ready()

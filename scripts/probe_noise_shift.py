@@ -29,11 +29,11 @@ def main(argv: list[str] | None = None) -> None:
 
     configure_cpu_devices()  # $FIND_JAX_CPU_DEVICES, before JAX starts
 
-    from find_jax.envs import load_model
-    from find_jax.optimize import model_defaults
-    from find_jax.sampler import make_environment
     from find_jax import evaluate_shapes as ev
+    from find_jax.envs import load_model, make_environment, sampler_settings
+    from find_jax.envs.base import bind_one
     from find_jax.envs.image.shapes import world
+    from find_jax.optimize import model_defaults
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--set", choices=("tuning", "rare"), default="tuning")
@@ -62,10 +62,11 @@ def main(argv: list[str] | None = None) -> None:
     model = load_model(None)
     guidance = model_defaults(None).get("guidance", 5.0)
     out = {}
+    environment = make_environment(model, sampler_settings(None, steps=20, guidance=guidance))
     for prompt in prompts:
-        env = make_environment(model, prompt, steps=20, guidance=guidance)
+        env = bind_one(environment, prompt)
         rng = jax.random.PRNGKey(args.seed)
-        xs = np.asarray(jax.random.normal(jax.random.fold_in(rng, 1), (args.calls, *env.latent_shape)))
+        xs = np.asarray(jax.random.normal(jax.random.fold_in(rng, 1), (args.calls, *environment.latent_shape)))
         imgs = np.concatenate([np.asarray(env(xs[i : i + 50], rng)) for i in range(0, args.calls, 50)])
         s = ev.score_images(imgs, prompt, graded=args.graded)
         adv = (s.reward - s.reward.mean()) / (s.reward.std() + 1e-8)

@@ -70,9 +70,11 @@ def main(argv: list[str] | None = None) -> dict:
     import jax.numpy as jnp
     import numpy as np
 
-    from find_jax.envs import load_model
+    from find_jax.envs import load_model, make_environment, sampler_settings
+    from find_jax.envs.base import bind_one
+    from find_jax.envs.ddim import ddim_schedule
+    from find_jax.envs.text import encode_prompts
     from find_jax.optimize import model_defaults
-    from find_jax.sampler import ddim_schedule, encode_prompts, make_environment
 
     model = load_model(a.model)
     defaults = model_defaults(a.model)
@@ -125,10 +127,11 @@ def main(argv: list[str] | None = None) -> dict:
                 f"<= {r['embedding_gap_after_word_max']:.3f} after"
             )
     finals = []
+    environment = make_environment(model, sampler_settings(None, steps=steps, guidance=guidance))
     for pair in PAIRS:  # the whole sampler from the same x_T: where do the objects end up?
         per_caption = {}
         for caption in pair:
-            env = make_environment(model, caption, steps=steps, guidance=guidance)
+            env = bind_one(environment, caption)
             images = np.asarray(env(x, jax.random.PRNGKey(1)))
             per_caption[caption] = {
                 "centroid": centroids(images),

@@ -12,7 +12,6 @@ them is in the evaluation sets), sample ``--num-images`` x_T ~ N(0, I) (the same
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 
 
@@ -34,26 +33,24 @@ def main(argv: list[str] | None = None) -> dict:
     import jax
     import numpy as np
 
-    from find_jax.envs import load_model
-    from find_jax.optimize import model_defaults
-    from find_jax.sampler import encode_prompts, make_environment, make_text_encoder
     from find_jax import evaluate_shapes as ev
+    from find_jax.envs import load_model, make_environment, sampler_settings
+    from find_jax.envs.base import bind_one
+    from find_jax.optimize import model_defaults
 
     model = load_model(None)
     steps = int(model_defaults(None).get("steps", 20))
     groups = {"common": ev.TUNING_COMMON, "rare": ev.TUNING}
     key = jax.random.PRNGKey(a.seed)
     result = {"num_images": a.num_images, "seed": a.seed, "steps": steps, "scales": {}}
-    encode_fn = make_text_encoder(model)
     for g in scales:
         per_prompt = {}
-        env = make_environment(model, ev.TUNING_COMMON[0], steps=steps, guidance=g)  # one compiled sampler per scale
+        env = make_environment(model, sampler_settings(None, steps=steps, guidance=g))  # one compiled sampler per scale
         x = jax.random.normal(key, (a.num_images, *env.latent_shape))
         for prompts in groups.values():
             for prompt in prompts:
-                cond = encode_prompts(model, [prompt], encode_fn=encode_fn)
-                prompt_env = dataclasses.replace(env, prompts=[prompt], cond=cond)  # same sampler, same params
-                per_prompt[prompt] = float(ev.score_images(np.asarray(prompt_env(x, key)), prompt).exact.mean())
+                images = np.asarray(bind_one(env, prompt)(x, key))
+                per_prompt[prompt] = float(ev.score_images(images, prompt).exact.mean())
         means = {name: float(np.mean([per_prompt[q] for q in prompts])) for name, prompts in groups.items()}
         result["scales"][f"{g:g}"] = {"prompts": per_prompt, **means}
         print(f"CFG {g:g}: common {means['common']:.3f}  rare {means['rare']:.3f}", flush=True)
