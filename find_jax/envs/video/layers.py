@@ -53,11 +53,11 @@ def _layer_norm(name: str, dtype: Dtype) -> nn.LayerNorm:
     return nn.LayerNorm(epsilon=1e-5, use_fast_variance=False, dtype=dtype, param_dtype=jnp.float32, name=name)
 
 
-def _dense(features: int, name: str, dtype: Dtype, use_bias: bool = True) -> nn.Dense:
+def dense(features: int, name: str, dtype: Dtype, use_bias: bool = True) -> nn.Dense:
     return nn.Dense(features, use_bias=use_bias, dtype=dtype, param_dtype=jnp.float32, name=name)
 
 
-def _conv(features: int, kernel: tuple[int, ...], name: str, dtype: Dtype, stride: int = 1, padding: Any = 1):
+def conv(features: int, kernel: tuple[int, ...], name: str, dtype: Dtype, stride: int = 1, padding: Any = 1):
     return nn.Conv(
         features,
         kernel,
@@ -84,13 +84,13 @@ class Attention(nn.Module):
     def __call__(self, x: jax.Array, context: jax.Array | None = None) -> jax.Array:
         context = x if context is None else context
         inner = self.heads * self.dim_head
-        q = _dense(inner, "to_q", self.dtype, use_bias=False)(x)
-        k = _dense(inner, "to_k", self.dtype, use_bias=False)(context)
-        v = _dense(inner, "to_v", self.dtype, use_bias=False)(context)
+        q = dense(inner, "to_q", self.dtype, use_bias=False)(x)
+        k = dense(inner, "to_k", self.dtype, use_bias=False)(context)
+        v = dense(inner, "to_v", self.dtype, use_bias=False)(context)
         split = lambda t: t.reshape(t.shape[0], t.shape[1], self.heads, self.dim_head)
         out = jax.nn.dot_product_attention(split(q), split(k), split(v))
         out = out.reshape(x.shape[0], x.shape[1], inner)
-        return _dense(x.shape[-1], "to_out_0", self.dtype)(out)
+        return dense(x.shape[-1], "to_out_0", self.dtype)(out)
 
 
 class GEGLU(nn.Module):
@@ -101,7 +101,7 @@ class GEGLU(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
-        h, gate = jnp.split(_dense(2 * self.inner_dim, "proj", self.dtype)(x), 2, axis=-1)
+        h, gate = jnp.split(dense(2 * self.inner_dim, "proj", self.dtype)(x), 2, axis=-1)
         return h * jax.nn.gelu(gate, approximate=False)
 
 
@@ -113,7 +113,7 @@ class FeedForward(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         h = GEGLU(4 * x.shape[-1], self.dtype, name="net_0")(x)
-        return _dense(x.shape[-1], "net_2", self.dtype)(h)
+        return dense(x.shape[-1], "net_2", self.dtype)(h)
 
 
 class BasicTransformerBlock(nn.Module):
@@ -150,9 +150,9 @@ class Transformer2D(nn.Module):
     def __call__(self, x: jax.Array, context: jax.Array) -> jax.Array:
         n, h, w, c = x.shape
         y = GroupNorm(self.groups, 1e-6, self.dtype, name="norm")(x).reshape(n, h * w, c)
-        y = _dense(self.heads * self.dim_head, "proj_in", self.dtype)(y)
+        y = dense(self.heads * self.dim_head, "proj_in", self.dtype)(y)
         y = BasicTransformerBlock(self.heads, self.dim_head, self.dtype, name="transformer_blocks_0")(y, context)
-        y = _dense(c, "proj_out", self.dtype)(y)
+        y = dense(c, "proj_out", self.dtype)(y)
         return y.reshape(n, h, w, c) + x
 
 
@@ -175,9 +175,9 @@ class TransformerTemporal(nn.Module):
         b, f = bf // self.num_frames, self.num_frames
         y = GroupNorm(self.groups, 1e-6, self.dtype, name="norm")(x.reshape(b, f, h, w, c))
         y = y.transpose(0, 2, 3, 1, 4).reshape(b * h * w, f, c)
-        y = _dense(self.heads * self.dim_head, "proj_in", self.dtype)(y)
+        y = dense(self.heads * self.dim_head, "proj_in", self.dtype)(y)
         y = BasicTransformerBlock(self.heads, self.dim_head, self.dtype, name="transformer_blocks_0")(y)
-        y = _dense(c, "proj_out", self.dtype)(y)
+        y = dense(c, "proj_out", self.dtype)(y)
         y = y.reshape(b, h, w, f, c).transpose(0, 3, 1, 2, 4).reshape(bf, h, w, c)
         return y + x
 
@@ -202,7 +202,7 @@ class TemporalConvLayer(nn.Module):
             y = nn.silu(GroupNorm(self.groups, 1e-5, self.dtype, name=f"conv{k}_0")(y))
             conv_index = 2 if k == 1 else 3
             pad = ((1, 1), (0, 0), (0, 0))
-            y = _conv(c, (3, 1, 1), f"conv{k}_{conv_index}", self.dtype, padding=pad)(y)
+            y = conv(c, (3, 1, 1), f"conv{k}_{conv_index}", self.dtype, padding=pad)(y)
         return (identity + y).reshape(bf, h, w, c)
 
 
@@ -220,13 +220,13 @@ class ResnetBlock2D(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array, temb: jax.Array) -> jax.Array:
         y = nn.silu(GroupNorm(self.groups, self.eps, self.dtype, name="norm1")(x))
-        y = _conv(self.out_channels, (3, 3), "conv1", self.dtype)(y)
-        t = _dense(self.out_channels, "time_emb_proj", self.dtype)(nn.silu(temb))
+        y = conv(self.out_channels, (3, 3), "conv1", self.dtype)(y)
+        t = dense(self.out_channels, "time_emb_proj", self.dtype)(nn.silu(temb))
         y = y + t[:, None, None, :]
         y = nn.silu(GroupNorm(self.groups, self.eps, self.dtype, name="norm2")(y))
-        y = _conv(self.out_channels, (3, 3), "conv2", self.dtype)(y)
+        y = conv(self.out_channels, (3, 3), "conv2", self.dtype)(y)
         if x.shape[-1] != self.out_channels:
-            x = _conv(self.out_channels, (1, 1), "conv_shortcut", self.dtype, padding=0)(x)
+            x = conv(self.out_channels, (1, 1), "conv_shortcut", self.dtype, padding=0)(x)
         return (x + y) / self.output_scale_factor
 
 
@@ -244,7 +244,7 @@ class Downsample2D(nn.Module):
         if self.padding == 0:
             x = jnp.pad(x, ((0, 0), (0, 1), (0, 1), (0, 0)))
         pad = ((self.padding, self.padding),) * 2
-        return _conv(x.shape[-1], (3, 3), "conv", self.dtype, stride=2, padding=pad)(x)
+        return conv(x.shape[-1], (3, 3), "conv", self.dtype, stride=2, padding=pad)(x)
 
 
 def nearest_resize(x: jax.Array, size: tuple[int, int]) -> jax.Array:
@@ -266,4 +266,4 @@ class Upsample2D(nn.Module):
             x = jnp.repeat(jnp.repeat(x, 2, axis=1), 2, axis=2)
         else:
             x = nearest_resize(x, output_size)
-        return _conv(x.shape[-1], (3, 3), "conv", self.dtype)(x)
+        return conv(x.shape[-1], (3, 3), "conv", self.dtype)(x)

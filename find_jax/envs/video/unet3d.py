@@ -32,8 +32,8 @@ from find_jax.envs.video.layers import (
     Transformer2D,
     TransformerTemporal,
     Upsample2D,
-    _conv,
-    _dense,
+    conv,
+    dense,
 )
 
 Dtype = Any
@@ -264,7 +264,7 @@ class UNet3DConditionModel(nn.Module):
         context = jnp.repeat(encoder_hidden_states.astype(dt), f, axis=0)
 
         x = sample.astype(dt).transpose(0, 2, 3, 4, 1).reshape(b * f, h, w, -1)
-        x = _conv(boc[0], (3, 3), "conv_in", dt)(x)
+        x = conv(boc[0], (3, 3), "conv_in", dt)(x)
         x = TransformerTemporal(8, cfg.attention_head_dim, cfg.norm_num_groups, f, dt, name="transformer_in")(x)
 
         skips = [x]
@@ -303,7 +303,7 @@ class UNet3DConditionModel(nn.Module):
             )(x, block_skips, emb, context, size)
 
         x = nn.silu(GroupNorm(cfg.norm_num_groups, cfg.norm_eps, dt, name="conv_norm_out")(x))
-        x = _conv(cfg.out_channels, (3, 3), "conv_out", dt)(x)
+        x = conv(cfg.out_channels, (3, 3), "conv_out", dt)(x)
         return x.reshape(b, f, h, w, -1).transpose(0, 4, 1, 2, 3)
 
 
@@ -315,8 +315,8 @@ class _TimeEmbedding(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
-        x = nn.silu(_dense(self.features, "linear_1", self.dtype)(x))
-        return _dense(self.features, "linear_2", self.dtype)(x)
+        x = nn.silu(dense(self.features, "linear_1", self.dtype)(x))
+        return dense(self.features, "linear_2", self.dtype)(x)
 
 
 @functools.lru_cache(maxsize=8)
