@@ -3,11 +3,19 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 
+import jax
 import numpy as np
 import pytest
 
 from find_jax.cli import main
+from find_jax.metrics import read_metrics
+from find_jax.rundir import load_state
 
 
 @pytest.fixture(scope="module")
@@ -50,6 +58,7 @@ def test_optimize_writes_every_file(run_dir):
     ):
         assert (workdir / name).is_file(), name
     assert any((workdir / "checkpoints").iterdir())
+    assert not (workdir / "status.json").exists()  # a single run writes no prompt-set status
     record = json.loads((workdir / "config.json").read_text())
     assert record["config"]["prompt"] == "a red cat" and record["config"]["reward"] == "brightness"
     assert record["model_id"] and record["weights_hash"]
@@ -87,6 +96,18 @@ def test_export_npz_and_pt(run_dir, tmp_path):
     assert tuple(t["mean"].shape) == tuple(t["std"].shape) == (1, 4, 8, 8)
     np.testing.assert_allclose(t["mean"][0].numpy(), d["mu"])
     np.testing.assert_allclose(t["std"][0].numpy(), d["sigma"])
+
+
+def test_export_refuses_an_existing_out_unless_overwrite(run_dir, tmp_path, capsys):
+    workdir, _ = run_dir
+    out = tmp_path / "d.npz"
+    out.write_bytes(b"precious")
+    cmd = ["export", "--workdir", str(workdir), "--format", "npz", "--out", str(out)]
+    assert main(cmd) == 2
+    assert "--overwrite" in capsys.readouterr().err
+    assert out.read_bytes() == b"precious"
+    assert main([*cmd, "--overwrite"]) == 0
+    assert np.load(out)["mu"].shape == (4, 8, 8)
 
 
 def test_sample_from_learned_distribution(run_dir, tmp_path):
@@ -165,3 +186,46 @@ def test_sample_from_run_honours_model_dtype_and_weights(run_dir, tiny_sd_bin_di
     assert main([*base, "--latents", str(tmp_path / "l.npy"), "--out", str(tmp_path / "y")]) == 2
     assert "--latents cannot be combined with --workdir" in capsys.readouterr().err
     assert not (tmp_path / "y").exists()
+
+
+def test_sigint_checkpoints_exits_130_and_the_rerun_resumes_to_the_uninterrupted_run(run_dir, tmp_path):
+    """Ctrl-C during `optimize`: the iteration finishes and is checkpointed, one line says so, exit 130 without a
+    traceback; the same command again ends exactly where the uninterrupted run (the fixture's) ended."""
+    full, args = run_dir
+    workdir = tmp_path / "cut"
+    cmd = [a if a != str(full) else str(workdir) for a in args]
+    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+    with open(tmp_path / "stderr.txt", "w") as err:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "find_jax", *cmd], env=env, stdout=subprocess.DEVNULL, stderr=err
+        )
+        try:
+            deadline = time.monotonic() + 300
+            # config.json is written inside the run, after the handlers are installed and before iteration 1 ends.
+            while not (workdir / "config.json").exists() and proc.poll() is None and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert proc.poll() is None, (tmp_path / "stderr.txt").read_text()[-3000:]
+            proc.send_signal(signal.SIGINT)
+            rc = proc.wait(timeout=300)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+    stderr = (tmp_path / "stderr.txt").read_text()
+    assert rc == 130, stderr[-3000:]
+    assert "Traceback" not in stderr
+    lines = [ln for ln in stderr.splitlines() if "interrupted at iteration" in ln]
+    assert len(lines) == 1, stderr[-3000:]
+    step = int(lines[0].split("interrupted at iteration ")[1].split(";")[0])
+    assert lines[0] == f"find-jax optimize: interrupted at iteration {step}; rerun the same command to resume"
+    assert 1 <= step < 6
+    assert int(load_state(workdir).step) == step
+    assert [m["step"] for m in read_metrics(workdir / "metrics.jsonl")] == list(range(1, step + 1))
+    assert not (workdir / "final_samples.npy").exists()
+    # The same command resumes; its end is the uninterrupted run's, bit for bit.
+    assert main(cmd) == 0
+    for a, b in zip(jax.tree.leaves(load_state(full)), jax.tree.leaves(load_state(workdir)), strict=True):
+        np.testing.assert_array_equal(a, b)
+    for name in ("final_latents", "final_samples", "final_rewards"):
+        np.testing.assert_array_equal(np.load(full / f"{name}.npy"), np.load(workdir / f"{name}.npy"))
+    strip = lambda ms: [{k: v for k, v in m.items() if not k.startswith("time/")} for m in ms]  # noqa: E731
+    assert strip(read_metrics(workdir / "metrics.jsonl")) == strip(read_metrics(full / "metrics.jsonl"))
