@@ -5,7 +5,10 @@ Writes ``tests/fixtures/viclip_tiny/``:
 * ``ViClip-InternVid-10M-FLT.pth``: ``{"model": state_dict}`` with the released checkpoint's key names, a
   tiny model (the layout of the released file, ``torch.load(f)["model"]``);
 * ``bpe_simple_vocab_16e6.txt.gz``: a tiny BPE merges file in the format of OpenAI's;
-* ``videos.npz``: the uint8 test videos ``[T, H, W, 3]`` and the original's preprocessed frames;
+* ``videos.npz``: the uint8 test videos ``[T, H, W, 3]`` and the original's preprocessed frames; for two
+  noise-free ModelScope-sized videos (16 x 256 x 256, 16 x 256 x 320) also the original's 8 frames after
+  ``Resize(224)`` + ``CenterCrop(224)`` at the released size (``frames224_uint8/NAME``, uint8, sampled frames
+  0, 3 and 7);
 * ``golden.json``: prompts, the original's token ids, frame indices and scores, and the ``ViCLIPConfig``
   overrides for our side;
 * ``released_keys.json``: names and shapes of the full-size model's state dict (what the released
@@ -202,6 +205,28 @@ def make_videos(seed: int) -> dict[str, np.ndarray]:
     }
 
 
+def modelscope_videos(seed: int) -> dict[str, np.ndarray]:
+    """uint8 videos at ModelScope's output size (16 x 256 x 256) and a non-square one, for the released-size
+    resize (256 -> 224, bicubic without antialiasing): smooth waves at a quarter of the size, each pixel
+    repeated 4 x 4 (so the fixture compresses; the edges also exercise the clamping)."""
+    rng = np.random.default_rng(seed)
+
+    def video(t: int, h: int, w: int) -> np.ndarray:
+        yy, xx = np.mgrid[0 : h // 4, 0 : w // 4] / 64.0
+        k = np.arange(t)[:, None, None]
+        chans = [
+            0.5 + 0.45 * np.sin(2 * np.pi * (rng.uniform(0.5, 2) * xx + rng.uniform(0.5, 2) * yy + 0.05 * k + c))
+            for c in range(3)
+        ]
+        small = np.clip(np.round(np.stack(chans, -1) * 255), 0, 255).astype(np.uint8)
+        return small.repeat(4, axis=1).repeat(4, axis=2)
+
+    return {"ms_16x256": video(16, 256, 256), "ms_16x256x320": video(16, 256, 320)}
+
+
+FRAMES224_KEPT = (0, 3, 7)  # which of the 8 sampled frames the fixture keeps at 224 (size)
+
+
 PROMPTS = (
     "A green dog is running on the grass.",
     "A dog is running on the moon.",
@@ -294,13 +319,21 @@ def main(argv: list[str] | None = None) -> None:
 
     videos = make_videos(SEED + 1)
     transform = fns["clip_transform"](IMAGE_SIZE)
-    frames, indices, cases = {}, {}, []
+    from torchvision.transforms import Compose
+
+    frames, frames224, indices, cases = {}, {}, {}, []
     with torch.no_grad():
         for name, vid in videos.items():
             idx = fns["get_frame_indices"](8, len(vid), sample="middle")
             indices[name] = [int(i) for i in idx]
             x = torch.from_numpy(vid[idx]).permute(0, 3, 1, 2)  # (T, C, H, W) uint8, as decord + permute
             frames[name] = transform(x)  # [8, 3, S, S]
+        resize_crop = Compose(fns["clip_transform"](224).transforms[:2])  # VBench's Resize + CenterCrop at 224
+        for name, vid in modelscope_videos(SEED + 2).items():
+            idx = fns["get_frame_indices"](8, len(vid), sample="middle")
+            videos[name] = vid
+            x224 = resize_crop(torch.from_numpy(vid[idx]).permute(0, 3, 1, 2))  # [8, 3, 224, 224] uint8
+            frames224[name] = x224[list(FRAMES224_KEPT)]
         for name, p in CASES:
             prompt = PROMPTS[p]
             clip_feat = loaded.get_vid_features(frames[name].unsqueeze(0))
@@ -313,6 +346,7 @@ def main(argv: list[str] | None = None) -> None:
         out / "videos.npz",
         **{f"video/{k}": v for k, v in videos.items()},
         **{f"frames/{k}": v.numpy() for k, v in frames.items()},
+        **{f"frames224_uint8/{k}": v.numpy() for k, v in frames224.items()},
     )
     import torchvision
 
@@ -334,6 +368,7 @@ def main(argv: list[str] | None = None) -> None:
             "vocab_size": vocab_size,
         },
         "released_parameters": n_params,
+        "frames224_kept": list(FRAMES224_KEPT),
         "frame_indices": indices,
         "seed": SEED,
         "versions": {

@@ -76,6 +76,21 @@ def test_preprocessed_frames_equal_original(name):
     assert vc.frame_indices(VIDEOS[f"video/{name}"].shape[0]) == GOLDEN["frame_indices"][name]
 
 
+@pytest.mark.parametrize("name", ["ms_16x256", "ms_16x256x320"])
+def test_released_size_frames_equal_original(name):
+    """16 x 256 x 256 (ModelScope's size) and 16 x 256 x 320 videos at the released 224: the original's
+    Resize(224, BICUBIC, antialias=False) + CenterCrop, exactly (checked on the 8-bit levels)."""
+    vid = torch.from_numpy(video(name))[None]
+    got = vc.preprocess(vid, image_size=224, num_frames=8, mean=vc.CLIP_MEAN, std=vc.CLIP_STD)[0]  # [3, 8, S, S]
+    levels = (
+        got.transpose(0, 1) * torch.tensor(vc.CLIP_STD).view(1, 3, 1, 1) + torch.tensor(vc.CLIP_MEAN).view(1, 3, 1, 1)
+    ) * 255
+    kept = levels[GOLDEN["frames224_kept"]].numpy()
+    want = VIDEOS[f"frames224_uint8/{name}"].astype(np.float32)
+    assert kept.shape == want.shape
+    np.testing.assert_allclose(kept, want, atol=1e-3, rtol=0)
+
+
 def test_frame_indices_vbench_middle():
     assert vc.frame_indices(16) == [0, 2, 4, 6, 8, 10, 12, 14]
     assert vc.frame_indices(8) == list(range(8))
