@@ -38,6 +38,7 @@ LAYERS = {
     "find_jax.interrupts": 3,
     "find_jax.testing": 1,  # tiny models written for tests (a generic test environment beside them)
     "find_jax.cli": 4,
+    "find_jax.cli_args": 4,
     "find_jax.__main__": 4,
     "find_jax": 0,  # the package's own __init__ (a version string)
 }
