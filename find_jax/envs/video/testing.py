@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -69,3 +70,69 @@ def make_tiny_video_unet(
     if "bin" in formats:
         torch.save(state, str(unet_dir / "diffusion_pytorch_model.bin"))
     return unet_dir
+
+
+# ali-vilab/text-to-video-ms-1.7b's scheduler/scheduler_config.json (DDIM keys; "leading" spacing by default).
+MODELSCOPE_SCHEDULER: dict[str, Any] = dict(
+    _class_name="DDIMScheduler",
+    num_train_timesteps=1000,
+    beta_start=0.00085,
+    beta_end=0.012,
+    beta_schedule="scaled_linear",
+    clip_sample=False,
+    set_alpha_to_one=False,
+    skip_prk_steps=True,
+    steps_offset=1,
+    prediction_type="epsilon",
+    trained_betas=None,
+)
+TINY_VIDEO_WORDS = ["a", "video", "of", "red", "blue", "cat", "dog", "running"]
+
+
+def make_tiny_video_model(
+    folder: str | Path, *, seed: int = 0, unet_formats: tuple[str, ...] = ("safetensors",)
+) -> Path:
+    """Writes a tiny random ModelScope-shaped text-to-video model to ``folder`` (diffusers layout, torch weights).
+
+    ``unet/`` (:func:`make_tiny_video_unet`, 8x8 latents), ``vae/`` (``find_jax.testing.TINY_VAE``: downscale 2,
+    so 16x16 px frames), ``text_encoder/`` (``TINY_TEXT``, width 32 = the UNet's cross-attention width),
+    ``tokenizer/``, ``scheduler/`` (:data:`MODELSCOPE_SCHEDULER`) and ``model_index.json`` naming
+    ``TextToVideoSDPipeline``, so diffusers' ``TextToVideoSDPipeline.from_pretrained(folder)`` reads it too.
+    Every weight is perturbed (std 0.02-0.05) so parity tests see biases and norms. Returns ``folder``.
+    """
+    import torch
+    from diffusers import AutoencoderKL
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+    from find_jax.testing import TINY_TEXT, TINY_VAE, write_clip_tokenizer
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    make_tiny_video_unet(folder, seed=seed, formats=unet_formats)
+    torch.manual_seed(seed + 100)
+    vae = AutoencoderKL(**TINY_VAE).eval()
+    tok_dir = write_clip_tokenizer(folder / "tokenizer", TINY_VIDEO_WORDS)
+    tokenizer = CLIPTokenizer.from_pretrained(str(tok_dir))
+    text_cfg = CLIPTextConfig(**TINY_TEXT)
+    text_cfg.vocab_size = len(tokenizer.get_vocab())
+    text_cfg.eos_token_id, text_cfg.bos_token_id = tokenizer.eos_token_id, tokenizer.bos_token_id
+    text_cfg.pad_token_id = tokenizer.pad_token_id
+    text = CLIPTextModel(text_cfg).eval()
+    with torch.no_grad():
+        for m in (vae, text):
+            for p in m.parameters():
+                p.add_(0.02 * torch.randn_like(p))
+    vae.save_pretrained(folder / "vae", safe_serialization=True)
+    text.save_pretrained(folder / "text_encoder", safe_serialization=True)
+    (folder / "scheduler").mkdir(exist_ok=True)
+    (folder / "scheduler" / "scheduler_config.json").write_text(json.dumps(MODELSCOPE_SCHEDULER))
+    index = {
+        "_class_name": "TextToVideoSDPipeline",
+        "unet": ["diffusers", "UNet3DConditionModel"],
+        "vae": ["diffusers", "AutoencoderKL"],
+        "text_encoder": ["transformers", "CLIPTextModel"],
+        "tokenizer": ["transformers", "CLIPTokenizer"],
+        "scheduler": ["diffusers", "DDIMScheduler"],
+    }
+    (folder / "model_index.json").write_text(json.dumps(index))
+    return folder
