@@ -165,3 +165,19 @@ def test_positive_control_registers_a_known_improvement():
     assert res["separated"] == {"exact_fit": False, "colour_shift": True}  # no aligned search draw: prior kept
     assert res["per_prompt"]["a white circle"]["search"] == 0.0
     assert "colour_shift" in quality.format_control(res)
+
+
+def test_left_share_has_its_optimum_when_everything_is_left():
+    left = world.render([world.ShapeObject("square", "white", 4, 2, 8)])
+    right = world.render([world.ShapeObject("square", "white", 4, 20, 8)])
+    both = left + right
+    r = quality.left_share(np.stack([left, right, both, np.zeros_like(left)]))
+    np.testing.assert_allclose(r, [1.0, 0.0, 0.5, 0.5], atol=1e-6)
+
+
+def test_find_control_runs_find_and_scores_the_learned_distribution(tiny_dir, tmp_path):
+    res = quality.find_control(tiny_dir, str(tmp_path / "run"), preset="tiny", n_eval=4, iterations=2, steps=2)
+    for k in ("base", "find"):
+        assert 0.0 <= res[k]["mean"] <= 1.0 and res[k]["lo"] <= res[k]["mean"] <= res[k]["hi"]
+        assert res[k]["at_optimum"]["n"] == 4
+    assert (tmp_path / "run" / "config.json").exists() and res["sigma_mean"] > 0
