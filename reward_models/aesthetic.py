@@ -6,8 +6,9 @@ layers (dropouts 0.2, 0.2, 0.1 between the first four, inactive at inference; no
 on SAC + LOGOS + AVA ratings: scores land roughly in 1..10 (higher is more aesthetic). Prompts are ignored.
 
 Runs in PyTorch (transformers ``CLIPVisionModelWithProjection``) on the images' device: the ``jax.Array``
-goes in through DLPack without a copy, the CLIP processor's bicubic resize + centre crop + normalisation run
-on that device (:func:`reward_models.bridge.preprocess_images`), and the scores come back through DLPack.
+goes in through DLPack without a copy, the CLIP processor's bicubic resize (8-bit, PIL's resample bit for bit)
++ centre crop + normalisation run on that device (:func:`reward_models.bridge.preprocess_images`), and the
+scores come back through DLPack.
 
 Weights (never downloaded):
 * the MLP: ``sac+logos+ava1-l14-linearMSE.pth`` from

@@ -6,8 +6,9 @@ released ``logit_scale`` (exp = 100) scores land roughly in 15..25. Each image i
 prompt.
 
 Runs in PyTorch (transformers ``CLIPModel``) on the images' device: images come in through DLPack without a
-copy, the processor's conventions (bicubic shortest-edge resize to 224, centre crop, CLIP mean/std; prompts
-padded/truncated to 77 tokens) are reproduced on tensors, and the scores go back through DLPack.
+copy, the processor's conventions (bicubic shortest-edge resize to 224 on 8-bit images, PIL's resample bit
+for bit; centre crop, CLIP mean/std; prompts padded/truncated to 77 tokens) are reproduced on tensors, and
+the scores go back through DLPack.
 
 Weights (never downloaded): the model ``yuvalkirstain/PickScore_v1`` and the processor (tokenizer +
 ``preprocessor_config.json``) ``laion/CLIP-ViT-H-14-laion2B-s32B-b79K``, from directories or the local hub
