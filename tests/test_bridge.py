@@ -270,3 +270,16 @@ def test_read_preprocess_config(tmp_path):
     assert read_preprocess_config(tmp_path / "absent", clip_preprocess(224)) == clip_preprocess(224)
     out = preprocess_with(torch.rand(2, 50, 60, 3), cfg)
     assert tuple(out.shape) == (2, 3, 40, 40)
+
+
+@pytest.mark.parametrize("shape", [(64, 64), (48, 80), (90, 50)])
+def test_default_preprocess_equals_the_pil_processor_exactly(shape, tmp_path):
+    """``ImagePreprocess`` (as PickScore and aesthetic build it) rounds to 8 bits and resizes as PIL does."""
+    from reward_fixtures import write_preprocessor_config
+
+    img = _smooth_image(*shape, seed=sum(shape))
+    write_preprocessor_config(tmp_path, 30)
+    cfg = read_preprocess_config(tmp_path, clip_preprocess(224))
+    assert cfg.pil_uint8 and clip_preprocess(224).pil_uint8
+    got = preprocess_with(torch.from_numpy(img[None].astype(np.float32) / 255.0), cfg).numpy()[0]
+    np.testing.assert_allclose(got, _pil_processor(img, 30), atol=1e-6, rtol=0)
