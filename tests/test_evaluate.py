@@ -12,9 +12,10 @@ import pytest
 from PIL import Image
 
 from find_jax.cli import main
-from find_jax.evaluate import mean_ci, render_markdown, summarize, t_quantile_975
+from find_jax.evaluate import render_markdown, summarize
 from find_jax.metrics import read_metrics
 from find_jax.progress import ProgressBar, format_duration
+from find_jax.stats import mean_ci, t_quantile_975, wilson
 
 CSV = "Prompts,Category\na red cat,Colors\ntwo dogs,Counting\na blue | bird,Colors\n"
 
@@ -93,7 +94,7 @@ def test_evaluate_uses_the_same_seeds_as_find_jax_sample(batch_dir, evaluated, t
         brightness(find_images, [row["prompt"]] * 3), row["rewards"]["brightness"]["find_scores"], atol=1e-5
     )
     # Base images: the same noises z = (x_find - mu) / sigma, unoptimised.
-    from find_jax.trainer import load_state
+    from find_jax.rundir import load_state
 
     state = load_state(run)
     z = (find_latents - np.asarray(state.policy.mu)) / np.asarray(state.sigma)
@@ -147,16 +148,16 @@ def test_evaluate_loads_each_runs_model_with_dtype_and_weights(
     batch_dir, tiny_sd_bin_dir, tmp_path, monkeypatch, capsys
 ):
     """--dtype and --weights reach the loader of the runs' own model (without --model they used to be ignored)."""
-    import find_jax.models as models
+    import find_jax.envs as envs
 
     seen = []
-    real = models.load_model
+    real = envs.load_model
 
     def spy(spec=None, **kwargs):
         seen.append((str(spec), kwargs.get("dtype"), kwargs.get("weights")))
         return real(spec, **kwargs)
 
-    monkeypatch.setattr(models, "load_model", spy)
+    monkeypatch.setattr(envs, "load_model", spy)
     args = ["evaluate", "--workdir", str(batch_dir), "--reward", "brightness", "--num-images", "1"]
     args += ["--batch-size", "1", "--cache-dir", "off", "--quiet"]
     assert main([*args, "--dtype", "bfloat16", "--weights", "pt", "--out", str(tmp_path / "e")]) == 0
@@ -217,6 +218,16 @@ def test_mean_ci_by_hand():
     assert mean_ci([5.0]) == {"mean": 5.0, "lo": None, "hi": None, "n": 1}
     assert mean_ci([float("nan"), 1.0, 1.0])["n"] == 2  # non-finite scores are left out
     assert mean_ci([])["mean"] is None
+
+
+def test_wilson_by_hand():
+    # k = 8 of n = 10, z = 1.96: centre (0.8 + 0.1921) / 1.3842, half 1.96 * sqrt(0.016 + 0.009604) / 1.3842.
+    lo, hi = wilson(8, 10)
+    centre, half = (0.8 + 1.96**2 / 20) / (1 + 1.96**2 / 10), 1.96 * np.sqrt(0.016 + 1.96**2 / 400) / (1 + 1.96**2 / 10)
+    assert lo == pytest.approx(centre - half) and hi == pytest.approx(centre + half)
+    assert (lo, hi) == pytest.approx((0.4902, 0.9433), abs=1e-4)
+    assert wilson(0, 5)[0] == 0.0 and wilson(5, 5)[1] == 1.0  # clipped to [0, 1]
+    assert all(np.isnan(wilson(0, 0)))
 
 
 def _row(index, category, base, find, opt_time=1.0):
@@ -286,6 +297,26 @@ def test_progress_bar_eta_leaves_out_compilation():
     clock.t += 2.0
     bar.update()
     assert bar.done == 9 and bar.rate_s() == pytest.approx(2.0) and bar.eta_s() == pytest.approx(2.0)
+
+
+def test_progress_bar_as_the_loops_sink():
+    # The CLI makes ProgressBar(0); the loop starts it with its total and reports iterations.
+    clock, out = FakeClock(), io.StringIO()
+    bar = ProgressBar(0, stream=out, clock=clock, log_every_pct=0)
+    bar.start(4, "FIND prompts")
+    bar.advance(2)  # resumed from a checkpoint: not timed
+    clock.t += 5.0
+    bar.update(1, reward=0.5, running="2/2", group="1/1")
+    clock.t += 3.0
+    bar.update(1, reward=0.75)
+    bar.close()
+    line = out.getvalue().splitlines()[-1]
+    assert line.startswith("FIND prompts  4/4 [####################] 100%  reward +0.7500  running 2/2  group 1/1")
+    assert bar.rate_s() == pytest.approx(3.0)
+    bar.start(2, "")  # restarting keeps the description and counts from 0
+    assert bar.done == 0 and bar.desc == "FIND prompts" and bar.fields == {}
+    with pytest.raises(ValueError):
+        bar.start(-1)
 
 
 def test_progress_bar_quiet_and_log_lines():
