@@ -8,7 +8,7 @@ Every device count runs in its own interpreter (the flag must be set before jax 
 
 * ``one at a time``: ``find_jax.optimize.run`` per prompt, as ``find-jax optimize --prompt`` in a loop with
   the model loaded once (each prompt builds and compiles its own sampler, as the CLI does);
-* ``batched P``: :func:`find_jax.batch.run_batch` over the same prompts in groups of P (one compile).
+* ``batched P``: :func:`find_jax.optimize.run_batch` over the same prompts in groups of P (one compile).
 
 ``wall`` counts everything (compiles, checkpoints, final samples); ``steady`` uses the median group
 iteration time (``time/group_iter_s``, compiles excluded): prompts/hour = 3600 * P / (iterations * t_iter).
@@ -38,10 +38,9 @@ def child(args: argparse.Namespace) -> None:
 
     torch.set_num_threads(1)
     logging.disable(logging.WARNING)
-    from find_jax.batch import run_batch
-    from find_jax.metrics import read_metrics
     from find_jax.envs import load_model
-    from find_jax.optimize import make_config, run
+    from find_jax.metrics import read_metrics
+    from find_jax.optimize import make_config, run, run_batch
     from find_jax.prompts import PromptItem
 
     devices = len(jax.devices())
