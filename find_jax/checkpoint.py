@@ -6,13 +6,20 @@ JSON ``meta`` item (latent shape, config hash, model id, weights hash, format ve
 diffusion weights are never saved: the run records their id and hash instead.
 
 Restoring checks ``meta`` against what the caller expects and refuses a checkpoint written for another
-latent shape, config or model with a :class:`CheckpointError` that says which value differs; a corrupt
-or unreadable checkpoint is refused the same way, naming its directory.
+latent shape, config or model with a :class:`CheckpointError` that says which value differs. Each saved step
+also holds ``checksums.json`` (SHA-256 of every file Orbax wrote), so a truncated or altered checkpoint is
+recognised before any library reads it (:class:`CorruptCheckpointError`, one line naming the step and the file);
+:func:`restore_latest` then moves it aside (never deletes it) and falls back to the newest step that restores.
+A restored state is checked leaf by leaf: shapes, dtypes, finite values, and its step against the directory's.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
+import shutil
+import time
 from pathlib import Path
 from typing import Any
 
@@ -21,10 +28,61 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 FORMAT_VERSION = 1
+CHECKSUMS = "checksums.json"  # in each step directory: {relative path: sha256} of the files Orbax wrote
+CORRUPT_DIR = "checkpoints.corrupt"  # beside checkpoints/: unreadable steps moved aside, never deleted
+
+log = logging.getLogger(__name__)
 
 
 class CheckpointError(RuntimeError):
     """A checkpoint that cannot be used: corrupt, or written for another shape/config/model."""
+
+
+class CorruptCheckpointError(CheckpointError):
+    """A checkpoint whose files are damaged or unreadable (as opposed to one of another run's setup)."""
+
+
+def _one_line(e: BaseException, limit: int = 160) -> str:
+    """A library error as one short line (TensorStore errors embed multi-line JSON specs)."""
+    text = " ".join(str(e).split())
+    for cut in (" [source locations=", " tensorstore_spec=", "; spec=", ' {"driver"'):
+        text = text.split(cut)[0]
+    return f"{type(e).__name__}: {text[:limit]}{'...' if len(text) > limit else ''}"
+
+
+def _file_digests(step_dir: Path) -> dict[str, str]:
+    out = {}
+    for f in sorted(step_dir.rglob("*")):
+        if f.is_file() and f.name != CHECKSUMS:
+            out[str(f.relative_to(step_dir))] = hashlib.sha256(f.read_bytes()).hexdigest()
+    return out
+
+
+def write_checksums(step_dir: Path) -> None:
+    """Records the SHA-256 of every file of a finished step directory (atomically: temporary file, rename)."""
+    tmp = step_dir / f".{CHECKSUMS}.tmp"
+    tmp.write_text(json.dumps(_file_digests(step_dir), indent=1, sort_keys=True))
+    tmp.replace(step_dir / CHECKSUMS)
+
+
+def verify_checksums(step_dir: Path) -> str | None:
+    """Why ``step_dir``'s files differ from what was written (None if they match, or if it has no checksums:
+    a checkpoint of an older find-jax, or one killed between its commit and its checksums)."""
+    path = step_dir / CHECKSUMS
+    if not path.is_file():
+        return None
+    try:
+        want = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return f"{CHECKSUMS} is unreadable"
+    have = _file_digests(step_dir)
+    for name, digest in sorted(want.items()):
+        if name not in have:
+            return f"file {name} is missing"
+        if have[name] != digest:
+            return f"file {name} differs from what was written (truncated or altered)"
+    extra = sorted(set(have) - set(want))
+    return f"unexpected file {extra[0]}" if extra else None
 
 
 def _key_name(k: Any) -> str:
@@ -82,6 +140,7 @@ def save_checkpoint(manager: ocp.CheckpointManager, step: int, state: Any, meta:
         args=ocp.args.Composite(state=ocp.args.StandardSave(flat), meta=ocp.args.JsonSave(meta)),
     )
     manager.wait_until_finished()
+    write_checksums(Path(manager.directory) / str(int(step)))
 
 
 def latest_step(manager: ocp.CheckpointManager) -> int | None:
@@ -111,13 +170,13 @@ def restore_checkpoint(
     where = Path(manager.directory) / str(step)
     if step is None:
         raise CheckpointError(f"no checkpoint in {manager.directory}")
+    damage = verify_checksums(where)
+    if damage:
+        raise CorruptCheckpointError(f"checkpoint step {step} ({where}) is corrupt: {damage}")
     try:
         meta = manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
     except Exception as e:  # noqa: BLE001 - any read failure means the checkpoint is unusable
-        raise CheckpointError(
-            f"checkpoint {where} is corrupt or unreadable ({type(e).__name__}: {e}); delete that step "
-            "directory to resume from an earlier checkpoint, or use a new workdir"
-        ) from e
+        raise CorruptCheckpointError(f"checkpoint step {step} ({where}) is unreadable ({_one_line(e)})") from None
     if not isinstance(meta, dict) or meta.get("format_version") != FORMAT_VERSION:
         found = meta.get("format_version") if isinstance(meta, dict) else None
         raise CheckpointError(
@@ -151,14 +210,63 @@ def restore_checkpoint(
     except CheckpointError:
         raise
     except Exception as e:  # noqa: BLE001
-        raise CheckpointError(
-            f"checkpoint {where} could not be restored ({type(e).__name__}: {e}); delete that step "
-            "directory to resume from an earlier checkpoint, or use a new workdir"
-        ) from e
+        raise CorruptCheckpointError(
+            f"checkpoint step {step} ({where}) could not be restored ({_one_line(e)})"
+        ) from None
     for k, spec in abstract.items():
         if tuple(flat[k].shape) != tuple(spec.shape) or flat[k].dtype != spec.dtype:
-            raise CheckpointError(
-                f"checkpoint {where}: array {k} is {flat[k].dtype}{tuple(flat[k].shape)}, "
+            raise CorruptCheckpointError(
+                f"checkpoint step {step} ({where}): array {k} is {flat[k].dtype}{tuple(flat[k].shape)}, "
                 f"expected {spec.dtype}{tuple(spec.shape)}"
             )
+        a = np.asarray(flat[k])
+        if np.issubdtype(a.dtype, np.floating) and not np.all(np.isfinite(a)):
+            raise CorruptCheckpointError(f"checkpoint step {step} ({where}): array {k} holds NaN or inf")
+    if "step" in flat and int(np.asarray(flat["step"])) != int(step):
+        found = int(np.asarray(flat["step"]))
+        raise CorruptCheckpointError(f"checkpoint step {step} ({where}) holds the state of iteration {found}")
     return unflatten_state(template, flat), meta
+
+
+def move_aside(manager: ocp.CheckpointManager, step: int) -> Path:
+    """Moves step ``step``'s directory to ``<run>/checkpoints.corrupt/<step>[-<time>]`` (kept for inspection)."""
+    src = Path(manager.directory) / str(step)
+    dest_root = Path(manager.directory).parent / CORRUPT_DIR
+    dest_root.mkdir(parents=True, exist_ok=True)
+    dest = dest_root / str(step)
+    if dest.exists():
+        dest = dest_root / f"{step}-{time.strftime('%Y%m%d-%H%M%S')}"
+    shutil.move(str(src), str(dest))
+    return dest
+
+
+def restore_latest(
+    directory: str | Path, template: Any, expected_meta: dict[str, Any]
+) -> tuple[ocp.CheckpointManager, Any, dict[str, Any] | None]:
+    """``(manager, state, meta)`` from the newest step of ``directory`` that restores (``state`` is
+    ``template`` and ``meta`` None when there is no checkpoint).
+
+    A corrupt step is moved aside (:func:`move_aside`) with one warning line and the next older one is tried;
+    when none restores, :class:`CheckpointError` says so in one line. A checkpoint of another setup
+    (incompatible meta) is refused at once, not moved.
+    """
+    manager = make_manager(directory)
+    reasons = []
+    while manager.latest_step() is not None:
+        step = manager.latest_step()
+        try:
+            state, meta = restore_checkpoint(manager, template, expected_meta, step=step)
+            if reasons:
+                log.warning("resuming from checkpoint step %d instead", step)
+            return manager, state, meta
+        except CorruptCheckpointError as e:
+            dest = move_aside(manager, step)
+            log.warning("%s; moved it to %s", e, dest)
+            reasons.append(str(e))
+            manager = make_manager(directory)
+    if reasons:
+        raise CheckpointError(
+            f"no checkpoint in {directory} restores (the unreadable ones are now in "
+            f"{Path(directory).parent / CORRUPT_DIR}); use a new --workdir, or remove the run directory to start over"
+        )
+    return manager, template, None

@@ -215,14 +215,22 @@ class _GroupLoop:
             self.env.fingerprint,
             rundir.array_hash(slot.embedding if self.embed_dim else None),
         )
-        resuming = rundir.prepare_workdir(run.run_dir, record, cfg)
-        slot.manager = ckpt.make_manager(run.run_dir / rundir.CHECKPOINT_DIR)
+        rundir.prepare_workdir(run.run_dir, record, cfg)
         slot.meta = rundir.checkpoint_meta(cfg, record)
-        state = self.init
-        if resuming and slot.manager.latest_step() is not None:
-            state, _ = ckpt.restore_checkpoint(slot.manager, self.init, slot.meta)
+        slot.manager, state, meta = ckpt.restore_latest(run.run_dir / rundir.CHECKPOINT_DIR, self.init, slot.meta)
+        if meta is not None:
             logger.info("resuming %s from iteration %d", run.run_dir, int(state.step))
         start = int(state.step)
+        logged = rundir.last_logged_step(run.run_dir)
+        if logged < start:
+            logger.warning(
+                "%s: metrics.jsonl ends at iteration %d but the checkpoint is at %d (lines %d-%d are missing)",
+                run.run_dir,
+                logged,
+                start,
+                logged + 1,
+                start,
+            )
         dropped = truncate_after(run.run_dir / rundir.METRICS_FILE, start)
         if dropped:
             logger.info("dropped %d metric lines past the checkpoint at iteration %d (they are redone)", dropped, start)

@@ -62,5 +62,7 @@ def truncate_after(path: str | Path, step: int) -> int:
     records = read_metrics(path)
     keep = [r for r in records if int(r.get("step", 0)) <= step]
     if len(keep) != len(records) or (path.exists() and not path.read_text().endswith("\n")):
-        path.write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in keep))
+        tmp = path.with_name(f".{path.name}.tmp")  # atomic: a kill mid-write leaves the old file whole
+        tmp.write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in keep))
+        tmp.replace(path)
     return len(records) - len(keep)

@@ -168,6 +168,14 @@ def batch_record(config: FindConfig, latent_shape, embed_dim: int, model_id: str
     }
 
 
+def last_logged_step(run_dir: Path) -> int:
+    """The last ``step`` of ``run_dir/metrics.jsonl`` (0 without one; a torn last line is ignored)."""
+    from find_jax.metrics import read_metrics
+
+    records = read_metrics(run_dir / METRICS_FILE)
+    return int(records[-1].get("step", 0)) if records else 0
+
+
 def save_arrays(run_dir: Path, arrays: dict[str, np.ndarray]) -> None:
     """Writes each ``name -> array`` as ``run_dir/name.npy`` atomically (a temporary file, then a rename)."""
     for name, arr in arrays.items():
@@ -253,7 +261,7 @@ def load_state(workdir: str | Path, *, step: int | None = None) -> trainer.FindS
     ckpt_dir = workdir / CHECKPOINT_DIR
     if not ckpt_dir.exists():
         raise CheckpointError(f"{workdir} has no checkpoints yet ({ckpt_dir} is missing)")
-    manager = ckpt.make_manager(ckpt_dir)
     template = trainer.init_state(config, tuple(record["latent_shape"]), embed_dim=int(record["embed_dim"]))
+    manager = ckpt.make_manager(ckpt_dir)
     state, _ = ckpt.restore_checkpoint(manager, template, checkpoint_meta(config, record), step=step)
     return state
