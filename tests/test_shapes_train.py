@@ -81,16 +81,18 @@ def test_resume_continues_from_the_checkpoint(run):
 
 
 def test_exported_model_loads_and_samples(run):
-    from find_jax.envs import load_model
-    from find_jax.sampler import make_environment
+    from find_jax.envs import SamplerSettings, load_model, make_environment
 
     model = load_model(str(run["out"]))
     assert model.latent_shape() == (14, 16, 16) and model.default_size == (32, 32)  # 12 image + 2 coordinate
     assert model.decoder.coord_channels == 2 and model.unet.config.in_channels == 14
     assert model.max_tokens == 16
-    env = make_environment(model, "a red circle", steps=2, guidance=3.0)
-    images = env(jax.random.normal(jax.random.PRNGKey(0), (1, 14, 16, 16)), jax.random.PRNGKey(1))
-    assert images.shape == (1, 32, 32, 3) and np.isfinite(np.asarray(images)).all()
+    env = make_environment(model, SamplerSettings(steps=2, guidance=3.0), mesh=None)
+    env_fn = env.bind(["a red circle"])
+    images = env_fn(
+        jax.random.normal(jax.random.PRNGKey(0), (1, 1, 14, 16, 16)), jax.random.split(jax.random.PRNGKey(1), 1)
+    )
+    assert images.shape == (1, 1, 32, 32, 3) and np.isfinite(np.asarray(images)).all()
 
 
 def test_a_decoder_config_that_disagrees_with_the_unet_is_refused(run, tmp_path):
