@@ -92,7 +92,13 @@ def make_reward(name: str, **options: Any) -> RewardFn:
     reward_fn.reward_name = name  # type: ignore[attr-defined]
     reward_fn.inner = inner  # type: ignore[attr-defined]
     reward_fn.video = s.video  # type: ignore[attr-defined]
+    # check_prompts(prompts) raises ValueError for prompts the reward cannot score (checked before a run writes)
+    reward_fn.check_prompts = getattr(inner, "check_prompts", _accept_any)  # type: ignore[attr-defined]
     return reward_fn
+
+
+def _accept_any(prompts: Sequence[str]) -> None:
+    """The default ``check_prompts``: every prompt can be scored."""
 
 
 def mean_over_frames(

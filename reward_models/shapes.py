@@ -269,4 +269,14 @@ def make_shapes_reward(*, exact: bool = False, graded: bool = False, min_pixels:
         scores = score_batch(images, prompts, min_pixels=min_pixels, graded=graded)
         return np.array([float(s.exact) if exact else s.reward for s in scores], dtype=np.float32)
 
+    reward_fn.check_prompts = check_prompts  # type: ignore[attr-defined]  # before any run writes a file
     return reward_fn
+
+
+def check_prompts(prompts: Sequence[str]) -> None:
+    """Raises ``ValueError`` (naming the prompt and the grammar) for a prompt the world's grammar cannot parse."""
+    for p in prompts:
+        try:
+            world.parse_caption(p)
+        except ValueError as e:
+            raise ValueError(f"the shapes reward cannot score the prompt {p[:80]!r}: {e}") from None
