@@ -158,11 +158,22 @@ def check_out_dir(out: str | Path, *, overwrite: bool) -> Path:
 
 
 def write_images(out: str | Path, images: np.ndarray, latents: np.ndarray, meta: dict, *, overwrite: bool = False):
-    """Writes ``images.npy``, ``latents.npy``, ``image_NNN.png`` and ``sample.json`` into ``out``."""
+    """Writes ``images.npy``, ``latents.npy``, ``image_NNN.png`` and ``sample.json`` into ``out``; videos
+    ``[N, F, H, W, 3]`` write ``videos.npy``, ``video_NNN.gif`` (8 fps, ModelScope's) and ``video_NNN.png``
+    (the frames side by side) instead."""
     from PIL import Image
 
     out = check_out_dir(out, overwrite=overwrite)
     out.mkdir(parents=True, exist_ok=True)
+    if images.ndim == 5:
+        np.save(out / "videos.npy", images.astype(np.float32))
+        np.save(out / "latents.npy", latents.astype(np.float32))
+        for i, video in enumerate(np.round(np.clip(images, 0, 1) * 255).astype(np.uint8)):
+            frames = [Image.fromarray(f) for f in video]
+            frames[0].save(out / f"video_{i:03d}.gif", save_all=True, append_images=frames[1:], duration=125, loop=0)
+            Image.fromarray(np.concatenate(list(video), axis=1)).save(out / f"video_{i:03d}.png")
+        (out / "sample.json").write_text(json.dumps(meta, indent=2))
+        return
     np.save(out / "images.npy", images.astype(np.float32))
     np.save(out / "latents.npy", latents.astype(np.float32))
     for i, img in enumerate(images):

@@ -46,3 +46,21 @@ def test_optimize_on_video_and_resume_bit_for_bit(setup, tmp_path):
     for a, b in zip(jax.tree.leaves(full), jax.tree.leaves(resumed), strict=True):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
     np.testing.assert_array_equal(np.load(tmp_path / "cut" / "final_samples.npy"), videos)
+
+
+def test_find_jax_sample_writes_videos(setup, tmp_path):
+    from PIL import Image
+
+    from find_jax.cli import main
+
+    config, _ = setup
+    out = tmp_path / "s"
+    args = ["sample", "--model", config.model, "--prompt", "a cat", "--out", str(out), "--num-images", "2"]
+    assert main([*args, "--steps", "2"]) == 0
+    videos, latents = np.load(out / "videos.npy"), np.load(out / "latents.npy")
+    assert videos.shape == (2, FRAMES, 16, 16, 3) and latents.shape == (2, 4, FRAMES, 8, 8)
+    assert not (out / "images.npy").exists()
+    gif = Image.open(out / "video_001.gif")
+    assert gif.n_frames == FRAMES and gif.size == (16, 16)
+    strip = np.asarray(Image.open(out / "video_001.png"))
+    np.testing.assert_array_equal(strip[:, 16:32], np.round(videos[1, 1] * 255).astype(np.uint8))
