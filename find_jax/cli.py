@@ -71,6 +71,7 @@ def cmd_optimize(args: argparse.Namespace) -> int:
         eta=args.eta,
         height=args.height,
         width=args.width,
+        num_frames=args.num_frames,
         dtype=args.dtype,
     )
     options = _reward_options(args)
@@ -239,6 +240,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
         eta=args.eta,
         height=args.height,
         width=args.width,
+        num_frames=args.num_frames,
     )
     check_out_dir(args.out, overwrite=args.overwrite)
     if args.workdir is not None:
@@ -253,7 +255,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
         request = SampleRequest(
             prompt=args.prompt or config.prompt,
             settings=sampler_settings(config, **flags),
-            num_images=args.num_images or 1,
+            num_images=1 if args.num_images is None else args.num_images,
             seed=args.seed,
             batch_size=args.batch_size,
         )
@@ -271,7 +273,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
     request = SampleRequest(
         prompt=args.prompt,
         settings=sampler_settings(None, **{**recommended, **{k: v for k, v in flags.items() if v is not None}}),
-        num_images=args.num_images or 1,
+        num_images=1 if args.num_images is None else args.num_images,
         seed=args.seed,
         batch_size=args.batch_size,
     )
@@ -290,7 +292,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
         "latents_file": args.latents,
     }
     write_images(args.out, images, latents, meta, overwrite=args.overwrite)
-    log.info("wrote %d images to %s", len(images), args.out)
+    log.info("wrote %d %s to %s", len(images), "videos" if images.ndim == 5 else "images", args.out)
     return 0
 
 

@@ -53,6 +53,9 @@ def add_sampler_flags(p: argparse.ArgumentParser, *, suffix: str) -> None:
     )
     g.add_argument("--height", type=int, default=None, help="image height in pixels (default: the model's)")
     g.add_argument("--width", type=int, default=None, help="image width in pixels (default: the model's)")
+    g.add_argument(
+        "--num-frames", type=int, default=None, help="video models: frames per video (default: the model's, 16)"
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -86,6 +86,7 @@ class FindConfig:
     eta: float = SAMPLER_DEFAULTS.eta  # DDIM eta: 0 = deterministic sampler as the paper; 1.0 = public code
     height: int | None = SAMPLER_DEFAULTS.height  # image height in pixels; None = the model's size (SD1.5: 512)
     width: int | None = SAMPLER_DEFAULTS.width  # image width in pixels; None = the model's native size
+    num_frames: int | None = SAMPLER_DEFAULTS.num_frames  # video models: frames per video; None = the model's (16)
     dtype: str = "float32"  # sampler compute dtype: "float32" or "bfloat16" (GPU); the policy is float32
 
     # --- run bookkeeping ---
@@ -184,6 +185,8 @@ def validate_config(cfg: FindConfig) -> None:
         value = getattr(cfg, name)
         if value is not None and (not isinstance(value, int) or value < 8):
             raise ValueError(f"{name} must be None (model default) or an integer >= 8; got {value!r}")
+    if cfg.num_frames is not None and (not isinstance(cfg.num_frames, int) or cfg.num_frames < 1):
+        raise ValueError(f"num_frames must be None (the model's) or a whole number >= 1; got {cfg.num_frames!r}")
 
 
 def paper_preset() -> dict[str, Any]:
@@ -234,9 +237,17 @@ def get_preset(name: str = "paper", **overrides: Any) -> FindConfig:
     return FindConfig(**base)
 
 
+# Fields added after run directories existed: left out of config.json (and so of the config hash) while at this
+# value, so runs recorded before them resume unchanged.
+_LATER_FIELDS = {"num_frames": None}
+
+
 def config_to_dict(cfg: FindConfig) -> dict[str, Any]:
     """Plain JSON-able dict of every field (tuples become lists, reward options a dict)."""
     out = dataclasses.asdict(cfg)
+    for name, default in _LATER_FIELDS.items():
+        if out[name] == default:
+            del out[name]
     out["reward_options"] = {k: list(v) if isinstance(v, tuple) else v for k, v in cfg.reward_options}
     out["drcm_hidden"] = list(cfg.drcm_hidden)
     return out

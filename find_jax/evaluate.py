@@ -277,7 +277,7 @@ def evaluate(
                 "base_scores": b.tolist(),
                 "find_scores": f.tolist(),
             }
-        h = base.shape[1]
+        h = base.shape[-3]  # image or frame height
         save_grid(
             np.concatenate([base, find]),
             out / GRID_DIR / f"{entry.name}.png",

@@ -53,10 +53,16 @@ def save_figure(fig, out: str | Path) -> Path:
 
 
 def save_grid(images: np.ndarray, out: str | Path, *, columns: int = 8, scale: int = 1) -> Path:
-    """Writes images ``[N, H, W, 3]`` in [0, 1] as one PNG grid (``scale``: nearest-neighbour upscaling)."""
+    """Writes images ``[N, H, W, 3]`` in [0, 1] as one PNG grid (``scale``: nearest-neighbour upscaling); videos
+    ``[N, F, H, W, 3]`` become frame strips (8 evenly spaced frames side by side), one grid cell each."""
     from PIL import Image
 
-    images = np.clip(np.asarray(images, np.float32), 0, 1)
+    images = np.asarray(images, np.float32)
+    if images.ndim == 5:
+        from reward_models.video_metrics import frame_strip
+
+        images = frame_strip(images, 8)
+    images = np.clip(images, 0, 1)
     n, h, w, _ = images.shape
     cols = min(columns, n)
     rows = -(-n // cols)
@@ -88,7 +94,8 @@ def write_run_report(workdir: str | Path) -> str:
     final = workdir / "final_samples.npy"
     if final.exists():
         images = np.load(final)
-        save_grid(images, workdir / "final_samples.png", scale=max(1, 128 // images.shape[1]))
+        columns = 1 if images.ndim == 5 else 8  # videos: one frame strip a row
+        save_grid(images, workdir / "final_samples.png", columns=columns, scale=max(1, 128 // images.shape[-3]))
         fr = workdir / "final_rewards.npy"
         if fr.exists():
             summary += f"; final samples' reward {float(np.mean(np.load(fr))):+.4f}"
