@@ -337,3 +337,19 @@ def test_interrupt_message_and_exit_codes_are_documented_in_the_readme():
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
     assert "interrupted at iteration" in readme and "130" in readme and "143" in readme
     assert "checkpoints.corrupt" in readme
+
+
+def test_video_flags_and_latent_ranks_on_an_image_model_are_one_line_each(tmp_path):
+    five = tmp_path / "video_latents.npy"
+    np.save(five, np.zeros((1, 14, 4, 16, 16), np.float32))  # [N, C, F, h, w]: a video's latents
+    cases = [
+        (["optimize", "--prompt", PROMPT, "--num-frames", "4", *TINY, "--workdir", str(tmp_path / "w1")], "for video"),
+        (["optimize", "--prompt", PROMPT, "--num-frames", "0", *TINY, "--workdir", str(tmp_path / "w2")], ">= 1"),
+        (["sample", "--prompt", PROMPT, "--latents", str(five), "--out", str(tmp_path / "o")], "[N, 14, 16, 16]"),
+    ]
+    for args, message in cases:
+        out = _cli(tmp_path, *args, "--cache-dir", "off")
+        assert out.returncode == 2, (args, out.stderr)
+        (line,) = _one_clean_line(out.stderr)
+        assert message in line, (args, line)
+    assert not any((tmp_path / d).exists() for d in ("w1", "w2", "o"))
