@@ -69,16 +69,42 @@ def conv(features: int, kernel: tuple[int, ...], name: str, dtype: Dtype, stride
     )
 
 
+def attend(q: jax.Array, k: jax.Array, v: jax.Array, *, query_chunk: int | None = None) -> jax.Array:
+    """softmax(q k^T / sqrt(D)) v per head: `q: [N, T, H, D]`, `k, v: [N, S, H, D]` -> `[N, T, H, D]`.
+
+    ``jax.nn.dot_product_attention`` with its default implementation (XLA's, on every backend in jax 0.10)
+    builds the whole `[N, H, T, S]` score tensor: at ModelScope's top level, 64x64 latents (512 px) and 16
+    frames with CFG that is `32 * 5 * 4096^2` floats, 10.7 GB for one layer. ``query_chunk`` (queries per
+    chunk) runs the same call on `query_chunk` queries at a time under ``lax.map``, so only
+    `[N, H, query_chunk, S]` scores exist at once. The softmax is over keys, so each query's row is computed
+    from the same numbers either way (exactly the same math); the last chunk is padded with zero queries, whose
+    rows are dropped. ``None`` (or a chunk >= T) is the plain call.
+    """
+    t = q.shape[1]
+    if query_chunk is None or query_chunk >= t:
+        return jax.nn.dot_product_attention(q, k, v)
+    if query_chunk < 1:
+        raise ValueError(f"query_chunk must be >= 1 or None; got {query_chunk}")
+    n, _, h, d = q.shape
+    pad = -t % query_chunk
+    q = jnp.pad(q, ((0, 0), (0, pad), (0, 0), (0, 0)))
+    chunks = q.reshape(n, -1, query_chunk, h, d).transpose(1, 0, 2, 3, 4)  # [n_chunks, N, chunk, H, D]
+    out = jax.lax.map(lambda qc: jax.nn.dot_product_attention(qc, k, v), chunks)
+    return out.transpose(1, 0, 2, 3, 4).reshape(n, t + pad, h, d)[:, :t]
+
+
 class Attention(nn.Module):
     """diffusers ``Attention`` with the default processor: `x: [N, T, D]`, `context: [N, S, D_ctx]` -> `[N, T, D]`.
 
-    Self-attention when ``context`` is None. Scores are scaled by `dim_head ** -0.5`; computed with
-    ``jax.nn.dot_product_attention`` (which can pick a fused kernel that never holds the `[T, S]` scores).
+    Self-attention when ``context`` is None. Scores are scaled by `dim_head ** -0.5`; computed by
+    :func:`attend`, all at once (``query_chunk=None``) or ``query_chunk`` queries at a time (same result,
+    bounded score memory).
     """
 
     heads: int
     dim_head: int
     dtype: Dtype = jnp.float32
+    query_chunk: int | None = None  # queries per attention chunk (None: all at once); see attend()
 
     @nn.compact
     def __call__(self, x: jax.Array, context: jax.Array | None = None) -> jax.Array:
@@ -88,7 +114,7 @@ class Attention(nn.Module):
         k = dense(inner, "to_k", self.dtype, use_bias=False)(context)
         v = dense(inner, "to_v", self.dtype, use_bias=False)(context)
         split = lambda t: t.reshape(t.shape[0], t.shape[1], self.heads, self.dim_head)
-        out = jax.nn.dot_product_attention(split(q), split(k), split(v))
+        out = attend(split(q), split(k), split(v), query_chunk=self.query_chunk)
         out = out.reshape(x.shape[0], x.shape[1], inner)
         return dense(x.shape[-1], "to_out_0", self.dtype)(out)
 
@@ -126,10 +152,11 @@ class BasicTransformerBlock(nn.Module):
     heads: int
     dim_head: int
     dtype: Dtype = jnp.float32
+    query_chunk: int | None = None  # Attention.query_chunk of both attentions
 
     @nn.compact
     def __call__(self, x: jax.Array, context: jax.Array | None = None) -> jax.Array:
-        attn = lambda name: Attention(self.heads, self.dim_head, self.dtype, name=name)
+        attn = lambda name: Attention(self.heads, self.dim_head, self.dtype, self.query_chunk, name=name)
         x = attn("attn1")(_layer_norm("norm1", self.dtype)(x)) + x
         x = attn("attn2")(_layer_norm("norm2", self.dtype)(x), context) + x
         return FeedForward(self.dtype, name="ff")(_layer_norm("norm3", self.dtype)(x)) + x
@@ -145,13 +172,17 @@ class Transformer2D(nn.Module):
     dim_head: int
     groups: int
     dtype: Dtype = jnp.float32
+    query_chunk: int | None = None  # pixel queries per attention chunk (None: all h * w at once)
 
     @nn.compact
     def __call__(self, x: jax.Array, context: jax.Array) -> jax.Array:
         n, h, w, c = x.shape
         y = GroupNorm(self.groups, 1e-6, self.dtype, name="norm")(x).reshape(n, h * w, c)
         y = dense(self.heads * self.dim_head, "proj_in", self.dtype)(y)
-        y = BasicTransformerBlock(self.heads, self.dim_head, self.dtype, name="transformer_blocks_0")(y, context)
+        block = BasicTransformerBlock(
+            self.heads, self.dim_head, self.dtype, self.query_chunk, name="transformer_blocks_0"
+        )
+        y = block(y, context)
         y = dense(c, "proj_out", self.dtype)(y)
         return y.reshape(n, h, w, c) + x
 

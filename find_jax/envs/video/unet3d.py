@@ -139,7 +139,7 @@ def _block_layer(
     x = TemporalConvLayer(g, num_frames, dt, name=f"temp_convs_{i}")(x)
     if attn:
         heads = out_channels // dim_head
-        x = Transformer2D(heads, dim_head, g, dt, name=f"attentions_{i}")(x, context)
+        x = Transformer2D(heads, dim_head, g, dt, parent.query_chunk, name=f"attentions_{i}")(x, context)
         x = TransformerTemporal(heads, dim_head, g, num_frames, dt, name=f"temp_attentions_{i}")(x)
     return x
 
@@ -156,6 +156,7 @@ class DownBlock3D(nn.Module):
     attn: bool
     add_downsample: bool
     dtype: Dtype = jnp.float32
+    query_chunk: int | None = None  # spatial attention queries per chunk (UNet3DConditionModel.query_chunk)
 
     @nn.compact
     def __call__(self, x, temb, context):
@@ -192,6 +193,7 @@ class UpBlock3D(nn.Module):
     attn: bool
     add_upsample: bool
     dtype: Dtype = jnp.float32
+    query_chunk: int | None = None  # spatial attention queries per chunk (UNet3DConditionModel.query_chunk)
 
     @nn.compact
     def __call__(self, x, skips, temb, context, upsample_size=None):
@@ -224,6 +226,7 @@ class MidBlock3D(nn.Module):
     dim_head: int
     num_frames: int
     dtype: Dtype = jnp.float32
+    query_chunk: int | None = None  # spatial attention queries per chunk (UNet3DConditionModel.query_chunk)
 
     @nn.compact
     def __call__(self, x, temb, context):
@@ -231,7 +234,7 @@ class MidBlock3D(nn.Module):
         x = ResnetBlock2D(c, g, self.cfg.norm_eps, s, dt, name="resnets_0")(x, temb)
         x = TemporalConvLayer(g, self.num_frames, dt, name="temp_convs_0")(x)
         heads, d = c // self.dim_head, self.dim_head
-        x = Transformer2D(heads, d, g, dt, name="attentions_0")(x, context)
+        x = Transformer2D(heads, d, g, dt, self.query_chunk, name="attentions_0")(x, context)
         x = TransformerTemporal(heads, d, g, self.num_frames, dt, name="temp_attentions_0")(x)
         x = ResnetBlock2D(c, g, self.cfg.norm_eps, s, dt, name="resnets_1")(x, temb)
         return TemporalConvLayer(g, self.num_frames, dt, name="temp_convs_1")(x)
@@ -245,10 +248,15 @@ class UNet3DConditionModel(nn.Module):
       `encoder_hidden_states: [B, S, cross_attention_dim]` -> `[B, out_channels, F, h, w]`.
     `h, w` need not be divisible by the total downsampling: upsampling then matches the skip sizes, as torch.
     ``dtype`` is the compute dtype (float32, or bfloat16 on GPU); GroupNorm statistics stay in float32.
+    ``query_chunk``: the spatial (per-frame, `h * w` queries) attentions take this many queries at a time
+    (``layers.attend``: same result, score memory `[B * F, heads, query_chunk, S]` instead of `[..., h * w, S]`);
+    None computes each layer's scores at once. It changes no parameter: ``model.clone(query_chunk=n)`` reuses
+    the params. The temporal attentions (over `F` frames) are never chunked.
     """
 
     config: UNet3DConfig
     dtype: Dtype = jnp.float32
+    query_chunk: int | None = None
 
     @nn.compact
     def __call__(self, sample: jax.Array, timesteps: jax.Array, encoder_hidden_states: jax.Array) -> jax.Array:
@@ -278,11 +286,12 @@ class UNet3DConditionModel(nn.Module):
                 attn=kind == "CrossAttnDownBlock3D",
                 add_downsample=i < n_levels - 1,
                 dtype=dt,
+                query_chunk=self.query_chunk,
                 name=f"down_blocks_{i}",
             )(x, emb, context)
             skips += s
 
-        x = MidBlock3D(cfg, dim_head, f, dt, name="mid_block")(x, emb, context)
+        x = MidBlock3D(cfg, dim_head, f, dt, self.query_chunk, name="mid_block")(x, emb, context)
 
         need_sizes = any(d % 2 ** (n_levels - 1) for d in (h, w))
         rev = list(reversed(boc))
@@ -299,6 +308,7 @@ class UNet3DConditionModel(nn.Module):
                 attn=kind == "CrossAttnUpBlock3D",
                 add_upsample=not last,
                 dtype=dt,
+                query_chunk=self.query_chunk,
                 name=f"up_blocks_{i}",
             )(x, block_skips, emb, context, size)
 
