@@ -64,3 +64,35 @@ def test_find_jax_sample_writes_videos(setup, tmp_path):
     assert gif.n_frames == FRAMES and gif.size == (16, 16)
     strip = np.asarray(Image.open(out / "video_001.png"))
     np.testing.assert_array_equal(strip[:, 16:32], np.round(videos[1, 1] * 255).astype(np.uint8))
+
+
+def test_evaluate_export_and_sample_from_a_video_run(setup, tmp_path):
+    """The wiring never branches on the kind: evaluate (Tab. 5-style table, frame-strip grids), export and
+    sample --workdir work on a video run; the run report draws frame strips."""
+    import torch
+    from PIL import Image
+
+    from find_jax.cli import main
+
+    config, model = setup
+    wd = tmp_path / "run"
+    run(config, wd, model=model)
+    from find_jax.report import write_run_report
+
+    write_run_report(wd)
+    strip = np.asarray(Image.open(wd / "final_samples.png"))
+    assert strip.shape[1] > strip.shape[0]  # one frame strip a row: wider than tall
+    out = tmp_path / "eval"
+    args = ["evaluate", "--workdir", str(wd), "--reward", "brightness", "--num-images", "2", "--out", str(out)]
+    assert main([*args, "--quiet", "--cache-dir", "off"]) == 0
+    report = json.loads((out / "eval.json").read_text())
+    (row,) = report["prompts"]
+    assert len(row["rewards"]["brightness"]["base_scores"]) == 2 and (out / "eval.md").is_file()
+    assert any(out.glob("grids/*.png"))
+    assert main(["export", "--workdir", str(wd), "--format", "pt", "--out", str(tmp_path / "d.pt")]) == 0
+    exported = torch.load(tmp_path / "d.pt")
+    assert tuple(exported["mean"].shape) == (1, 4, FRAMES, 8, 8)
+    s = tmp_path / "s"
+    assert main(["sample", "--workdir", str(wd), "--num-images", "2", "--out", str(s), "--cache-dir", "off"]) == 0
+    assert np.load(s / "videos.npy").shape == (2, FRAMES, 16, 16, 3)
+    assert np.load(s / "latents.npy").shape == (2, 4, FRAMES, 8, 8)
