@@ -11,25 +11,18 @@ loop: latents ``[P, N, C, F, h, w]`` -> videos ``[P, N, F, H, W, 3]``.
 
 from __future__ import annotations
 
-import logging
-from collections.abc import Sequence
 from typing import Any
 
 import jax
 import jax.numpy as jnp
-import numpy as np
-from jax.sharding import Mesh, NamedSharding
-from jax.sharding import PartitionSpec as PS
+from jax.sharding import Mesh
 
-from find_jax.envs.base import SAMPLER_DEFAULTS, SamplerSettings, check_group_latents
+from find_jax.envs.base import SAMPLER_DEFAULTS, SamplerSettings
 from find_jax.envs.ddim import ddim_schedule
-from find_jax.envs.devices import batch_mesh, replicate, row_sharding
+from find_jax.envs.environment import SamplerEnvironment
 from find_jax.envs.image.fast_norm import fast_group_norm
 from find_jax.envs.scan import make_scan_sampler
-from find_jax.envs.text import encode_prompts, make_text_encoder, pooled_embeddings
 from find_jax.envs.video.model import VideoDiffusionModel
-
-log = logging.getLogger(__name__)
 
 DECODE_CHUNK = 8  # frames per VAE call: bounds the decoder's activation memory whatever B * F is
 
@@ -98,7 +91,7 @@ def make_video_sampler(
     return jax.jit(sample_fn)
 
 
-class VideoEnvironment:
+class VideoEnvironment(SamplerEnvironment):
     """The video :class:`~find_jax.envs.base.Environment` of ``model`` with ``settings``.
 
     ``settings.num_frames`` (default: the model's, 16 for ModelScope), ``height`` and ``width`` (default: the
@@ -123,61 +116,24 @@ class VideoEnvironment:
         frames = model.default_frames if settings.num_frames is None else settings.num_frames
         if not isinstance(frames, int) or frames < 1:
             raise ValueError(f"num_frames must be a whole number >= 1; got {frames!r}")
-        self.model = model
-        self.settings = settings
         self.num_frames = frames
         dh, dw = model.default_size
         self.height, self.width = settings.height or dh, settings.width or dw
-        self.latent_shape: tuple[int, ...] = model.latent_shape(frames, self.height, self.width)
-        self.mesh = batch_mesh() if isinstance(mesh, str) and mesh == "auto" else mesh
-        if self.mesh is not None:
-            log.info("sampler batch split over %d devices (%s)", self.mesh.size, self.mesh.devices.flat[0].platform)
-        self.source, self.fingerprint = model.source, model.fingerprint
-        self.sample_fn = make_video_sampler(
-            model,
-            steps=settings.steps,
-            guidance=settings.guidance,
-            eta=settings.eta,
-            mesh=self.mesh,
-            decode_chunk=decode_chunk,
-            fast_norm=fast_norm,
-        )
-        self.encode_fn = make_text_encoder(model)
-        self.params = model.params if self.mesh is None else replicate(model.params, self.mesh)
+        shape = model.latent_shape(frames, self.height, self.width)
 
-    def encode(self, prompts: Sequence[str]) -> tuple[jax.Array, jax.Array]:
-        """``(cond [P, L, D], uncond [P, L, D])``: the prompts' and the negative prompt's text embeddings."""
-        cond = encode_prompts(self.model, prompts, encode_fn=self.encode_fn)
-        negative = [self.settings.negative_prompt] * len(prompts)
-        return cond, encode_prompts(self.model, negative, allow_empty=True, encode_fn=self.encode_fn)
+        def make_sample_fn(mesh):
+            s = settings
+            return make_video_sampler(
+                model,
+                steps=s.steps,
+                guidance=s.guidance,
+                eta=s.eta,
+                mesh=mesh,
+                decode_chunk=decode_chunk,
+                fast_norm=fast_norm,
+            )
 
-    def bind(self, prompts: Sequence[str]):
-        """``env_fn(latents [P, N, C, F, h, w], rngs [P, 2]) -> videos [P, N, F, H, W, 3]`` for ``P`` prompts."""
-        prompts = list(prompts)
-        cond, uncond = self.encode(prompts)
-
-        def env_fn(latents: jax.Array, rngs: jax.Array) -> jax.Array:
-            return self.sample_rows(latents, rngs, cond, uncond)
-
-        return env_fn
-
-    def sample_rows(self, latents: Any, rngs: Any, cond: jax.Array, uncond: jax.Array) -> jax.Array:
-        """The batched call on already encoded prompts: ``[P, N, C, F, h, w]`` -> ``[P, N, F, H, W, 3]``."""
-        latents, rngs = jnp.asarray(latents), jnp.asarray(rngs)
-        p = cond.shape[0]
-        check_group_latents(latents, self.latent_shape, p)
-        n = latents.shape[1]
-        flat = latents.reshape(p * n, *self.latent_shape)
-        if self.mesh is not None:
-            replicated = NamedSharding(self.mesh, PS())
-            flat = jax.device_put(flat, row_sharding(self.mesh, p * n) or replicated)
-            rngs, cond, uncond = jax.device_put((rngs, cond, uncond), replicated)
-        videos = self.sample_fn(self.params, flat, cond, uncond, rngs)
-        return videos.reshape(p, n, *videos.shape[1:])
-
-    def prompt_embeddings(self, prompts: Sequence[str]) -> np.ndarray:
-        """``[P, D]`` pooled CLIP text embeddings: the DRCM's text condition (``official`` preset)."""
-        return pooled_embeddings(self.model, list(prompts))
+        super().__init__(model, settings, shape, make_sample_fn, mesh=mesh)
 
 
 __all__ = ["DECODE_CHUNK", "VideoEnvironment", "decode_frames", "make_video_sampler"]
