@@ -1,5 +1,11 @@
 """Benchmark: the jitted JAX DDIM sampler vs diffusers' PyTorch StableDiffusionPipeline, same weights.
 
+``--kind video``: the video environment (Flax UNet3D) vs diffusers' ``TextToVideoSDPipeline`` + ``DDIMScheduler``
+on the same ModelScope-layout weights, seconds per video (``--frames`` 16, CFG 9, batches 1 and 4):
+
+    python scripts/benchmark_sampler.py --kind video                 # tiny UNet3D, 8x8 latents, 16 frames
+    python scripts/benchmark_sampler.py --kind video --config modelscope --dtype bfloat16   # ms-1.7b-sized, GPU
+
 Each (framework, batch) runs in its own process so peak memory is its own. Prints a markdown table:
 compile / first-call time, steady-state seconds per image, peak resident memory.
 
@@ -51,6 +57,41 @@ SD15_TEXT = dict(
 )
 
 
+# ali-vilab/text-to-video-ms-1.7b: its UNet3D is UNet3DConfig's defaults (diffusers' own) at 32x32 latents,
+# its VAE SD's at 256 px, its text encoder OpenCLIP ViT-H's text tower (width 1024, 23 layers).
+MODELSCOPE_VAE = dict(SD15_VAE, sample_size=256)
+MODELSCOPE_TEXT = dict(
+    hidden_size=1024, intermediate_size=4096, num_attention_heads=16, num_hidden_layers=23, projection_dim=512
+)
+
+
+def make_video_model(folder: Path, config: str) -> None:
+    """A random ModelScope-layout model in ``folder``: the tiny one, or (``modelscope``) the tiny one with its
+    UNet3D, VAE and text encoder replaced by ms-1.7b-sized ones drawn by torch's initialisers (no Flax init:
+    the loaders convert the torch weights)."""
+    from find_jax.envs.video.testing import make_tiny_video_model, make_tiny_video_unet
+
+    make_tiny_video_model(folder)
+    if config != "modelscope":
+        return
+    import torch
+    from diffusers import AutoencoderKL
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    from find_jax.envs.video.unet3d import UNet3DConfig
+
+    unet = {k: v for k, v in UNet3DConfig().to_dict().items() if v is not None}
+    text_cfg = CLIPTextConfig.from_pretrained(str(folder / "text_encoder"))  # the tiny tokenizer's vocabulary
+    for k, v in MODELSCOPE_TEXT.items():
+        setattr(text_cfg, k, v)
+    for part in ("unet", "vae", "text_encoder"):
+        shutil.rmtree(folder / part)
+    make_tiny_video_unet(folder, noise=0.0, **dict(unet, sample_size=32))  # noise 0: torch's init as it is
+    torch.manual_seed(1)
+    AutoencoderKL(**MODELSCOPE_VAE).save_pretrained(folder / "vae", safe_serialization=True)
+    CLIPTextModel(text_cfg).save_pretrained(folder / "text_encoder", safe_serialization=True)
+
+
 MODEL_MARKER = "benchmark_model.json"  # written into a --model-out folder: which --config it was built for
 
 
@@ -75,7 +116,8 @@ def worker(args: argparse.Namespace) -> dict:
     """Runs one (framework, batch) measurement in this process; returns a result row."""
     import numpy as np
 
-    prompts = ["a photo of a red cat"] * args.batch
+    video = args.kind == "video"
+    prompts = ["a video of a red cat running" if video else "a photo of a red cat"] * args.batch
     devices, platform_name, device_name, gpu_peak = 1, "cpu", platform.processor() or platform.machine(), None
     if args.framework == "jax":
         import jax
@@ -90,7 +132,11 @@ def worker(args: argparse.Namespace) -> dict:
         if platform_name != "cpu":
             device_name = jax.devices()[0].device_kind
         model = load_model(args.model_dir, dtype=args.dtype)
-        settings = SamplerSettings(steps=args.steps, guidance=args.guidance)
+        settings = SamplerSettings(steps=args.steps, guidance=args.guidance, num_frames=args.frames if video else None)
+        if video and args.query_chunk:
+            import dataclasses
+
+            model = dataclasses.replace(model, unet=model.unet.clone(query_chunk=args.query_chunk))
         environment = make_environment(model, settings, fast_norm=args.fast_norm == "on")
         env = bind_one(environment, prompts[0])  # one prompt, the batch as its draws: [B] rows as before
         x = jax.random.normal(jax.random.PRNGKey(0), (args.batch, *environment.latent_shape))
@@ -107,17 +153,20 @@ def worker(args: argparse.Namespace) -> dict:
         gpu_peak = stats["peak_bytes_in_use"] / 2**20 if stats and "peak_bytes_in_use" in stats else None
     else:
         import torch
-        from diffusers import DDIMScheduler, StableDiffusionPipeline
+        from diffusers import DDIMScheduler, StableDiffusionPipeline, TextToVideoSDPipeline
 
         torch.set_num_threads(int(args.torch_threads))
         dtype = torch.bfloat16 if args.dtype == "bfloat16" else torch.float32
-        pipe = StableDiffusionPipeline.from_pretrained(
-            args.model_dir,
-            safety_checker=None,
-            feature_extractor=None,
-            requires_safety_checker=False,
-            torch_dtype=dtype,
-        )
+        if video:
+            pipe = TextToVideoSDPipeline.from_pretrained(args.model_dir, torch_dtype=dtype)
+        else:
+            pipe = StableDiffusionPipeline.from_pretrained(
+                args.model_dir,
+                safety_checker=None,
+                feature_extractor=None,
+                requires_safety_checker=False,
+                torch_dtype=dtype,
+            )
         device = "cuda" if torch.cuda.is_available() else "cpu"
         if device == "cuda":
             platform_name, device_name = "gpu", torch.cuda.get_device_name()
@@ -126,13 +175,15 @@ def worker(args: argparse.Namespace) -> dict:
         pipe.set_progress_bar_config(disable=True)
         h = pipe.unet.config.sample_size * pipe.vae_scale_factor
         g = torch.Generator(device).manual_seed(0)
-        lat = torch.randn((args.batch, 4, pipe.unet.config.sample_size, pipe.unet.config.sample_size), generator=g)
-        lat = lat.to(device, dtype)
+        side = pipe.unet.config.sample_size
+        frames = (args.frames,) if video else ()  # video latents [B, C, F, h, w]
+        lat = torch.randn((args.batch, 4, *frames, side, side), generator=g).to(device, dtype)
+        extra = dict(num_frames=args.frames) if video else {}
         rss_loaded = _peak_mb()
 
         def run():
             with torch.inference_mode():
-                return pipe(
+                out = pipe(
                     prompts,
                     latents=lat,
                     num_inference_steps=args.steps,
@@ -141,7 +192,9 @@ def worker(args: argparse.Namespace) -> dict:
                     output_type="np",
                     height=h,
                     width=h,
-                ).images
+                    **extra,
+                )
+                return out.frames if video else out.images
 
         t = time.perf_counter()
         run()
@@ -154,15 +207,19 @@ def worker(args: argparse.Namespace) -> dict:
         if device == "cuda":
             gpu_peak = torch.cuda.max_memory_allocated() / 2**20
     steady = float(np.median(times))
+    unit = "video" if video else "image"
     return dict(
         framework=args.framework,
+        kind=args.kind,
         devices=devices,
         platform=platform_name,
         threads=int(args.torch_threads) if args.framework == "torch" else None,
         batch=args.batch,
         first_call_s=first,
         steady_s_per_call=steady,
-        steady_s_per_image=steady / args.batch,
+        **{f"steady_s_per_{unit}": steady / args.batch},
+        frames=args.frames if video else None,
+        query_chunk=(args.query_chunk or None) if video and args.framework == "jax" else None,
         peak_rss_mb=_peak_mb(),
         peak_gpu_mb=gpu_peak,  # JAX: the device's peak_bytes_in_use (its preallocated pool aside); torch: max allocated
         device_name=device_name,
@@ -173,17 +230,30 @@ def worker(args: argparse.Namespace) -> dict:
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--config", choices=("tiny", "sd15"), default="tiny", help="model size (random weights)")
+    p.add_argument("--kind", choices=("image", "video"), default="image", help="SD sampler or the video one")
+    p.add_argument(
+        "--config",
+        choices=("tiny", "sd15", "modelscope"),
+        default="tiny",
+        help="model size (random weights): tiny or sd15 (image), tiny or modelscope (video)",
+    )
     p.add_argument("--model-dir", default=None, help="use this diffusers-format model instead of building one")
     p.add_argument(
         "--model-out",
         default=None,
         help="build the random --config model in this folder and keep it (reused when it already holds one)",
     )
-    p.add_argument("--batches", default="1,8", help="comma-separated batch sizes")
+    p.add_argument("--batches", default=None, help="comma-separated batch sizes (default 1,8; video 1,4)")
     p.add_argument("--frameworks", default="jax,torch", help="jax, torch or both")
     p.add_argument("--steps", type=int, default=50)
-    p.add_argument("--guidance", type=float, default=7.5)
+    p.add_argument("--guidance", type=float, default=None, help="CFG scale (default 7.5; video 9)")
+    p.add_argument("--frames", type=int, default=16, help="video: frames per video")
+    p.add_argument(
+        "--query-chunk",
+        type=int,
+        default=0,
+        help="video, JAX: spatial attention queries per chunk (UNet3DConditionModel.query_chunk; 0 = all at once)",
+    )
     p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
     p.add_argument("--repeats", type=int, default=3, help="timed calls after the first (median reported)")
     p.add_argument(
@@ -214,6 +284,13 @@ def main(argv: list[str] | None = None) -> None:
     args = p.parse_args(argv)
     if args.rounds < 1 or args.repeats < 1:
         p.error(f"--rounds and --repeats must be >= 1; got {args.rounds} and {args.repeats}")
+    if args.config != "tiny" and args.config != {"image": "sd15", "video": "modelscope"}[args.kind]:
+        p.error(f"--config {args.config} is no {args.kind} model (image: tiny, sd15; video: tiny, modelscope)")
+    if args.frames < 1 or args.query_chunk < 0:
+        p.error(f"--frames must be >= 1 and --query-chunk >= 0; got {args.frames} and {args.query_chunk}")
+    video = args.kind == "video"
+    args.batches = args.batches or ("1,4" if video else "1,8")
+    args.guidance = args.guidance if args.guidance is not None else (9.0 if video else 7.5)
     if args.worker:
         print("RESULT " + json.dumps(worker(args)), flush=True)
         return
@@ -228,10 +305,11 @@ def main(argv: list[str] | None = None) -> None:
             tmp = tempfile.TemporaryDirectory()
         folder = Path(args.model_out) if args.model_out else Path(tmp.name) / "model"
         marker = folder / MODEL_MARKER
+        label = args.config if not video else f"{args.config} video"  # what the marker records
         if marker.is_file():
             built = json.loads(marker.read_text()).get("config")
-            if built != args.config:
-                p.error(f"--model-out {folder} holds the {built!r} model, not {args.config!r}; give another folder")
+            if built != label:
+                p.error(f"--model-out {folder} holds the {built!r} model, not {label!r}; give another folder")
             print(f"reusing the model in {folder}", file=sys.stderr)
         elif folder.exists() and any(folder.iterdir()):
             p.error(
@@ -243,12 +321,15 @@ def main(argv: list[str] | None = None) -> None:
             t = time.perf_counter()
             partial = folder.with_name(folder.name + ".partial")  # renamed when complete: no half model is reused
             shutil.rmtree(partial, ignore_errors=True)
-            make_tiny_sd(partial, formats=("safetensors", "flax"), **kw)
-            (partial / MODEL_MARKER).write_text(json.dumps({"config": args.config}))
+            if video:
+                make_video_model(partial, args.config)
+            else:
+                make_tiny_sd(partial, formats=("safetensors", "flax"), **kw)
+            (partial / MODEL_MARKER).write_text(json.dumps({"config": label}))
             if folder.exists():
                 folder.rmdir()
             partial.rename(folder)
-            print(f"built the {args.config} model in {folder} ({time.perf_counter() - t:.0f} s)", file=sys.stderr)
+            print(f"built the {label} model in {folder} ({time.perf_counter() - t:.0f} s)", file=sys.stderr)
         args.model_dir = str(folder)
     runs = []  # (framework, option flag, value)
     for fw in args.frameworks.split(","):
@@ -276,6 +357,7 @@ def _run_worker(args: argparse.Namespace, fw: str, flag: str, value: int, batch:
     cmd = [sys.executable, __file__, "--worker", "--framework", fw, "--batch", str(batch)]
     cmd += ["--model-dir", args.model_dir, "--steps", str(args.steps), "--guidance", str(args.guidance)]
     cmd += ["--dtype", args.dtype, "--repeats", str(args.repeats), "--fast-norm", args.fast_norm, flag, str(value)]
+    cmd += ["--kind", args.kind, "--frames", str(args.frames), "--query-chunk", str(args.query_chunk)]
     out = subprocess.run(cmd, capture_output=True, text=True)
     line = [ln for ln in out.stdout.splitlines() if ln.startswith("RESULT ")]
     if out.returncode or not line:
@@ -294,26 +376,30 @@ def _print_report(rows: list[dict], args: argparse.Namespace) -> None:
     import numpy as np
 
     rounds = sorted({r["round"] for r in rows})
+    unit = getattr(args, "kind", "image")  # "image" or "video": rows hold steady_s_per_<unit>
+    key = f"steady_s_per_{unit}"
+    video = unit == "video"
     accelerators = sorted({r["device_name"] for r in rows if r.get("platform", "cpu") != "cpu"})
     gpu = bool(accelerators)
     print(
         f"\nmachine: {platform.processor() or platform.machine()}, {_cpu_count()} cores"
         + (f", {' / '.join(accelerators)}" if gpu else "")
-        + f"; config {args.config}, "
+        + f"; config {args.config}{' video, ' + str(args.frames) + ' frames' if video else ''}, "
         f"{args.steps} DDIM steps, CFG {args.guidance}, {args.dtype}; {len(rounds)} round(s), "
         f"median of {args.repeats} timed calls per row"
         + ("; JAX with Flax's own GroupNorm (--fast-norm off)" if getattr(args, "fast_norm", "on") == "off" else "")
+        + (f"; JAX attention in chunks of {args.query_chunk} queries" if video and args.query_chunk else "")
         + (" (table: medians over rounds)" if len(rounds) > 1 else "")
         + "\n"
     )
     gpu_col = " peak GPU memory (MB) |" if gpu else ""
-    print(f"| framework | setting | batch | first call (s, incl. compile) | steady s/image | peak RSS (MB) |{gpu_col}")
+    print(f"| framework | setting | batch | first call (s, incl. compile) | steady s/{unit} | peak RSS (MB) |{gpu_col}")
     print("|---|---|---|---|---|---|" + ("---|" if gpu else ""))
     keys = list(dict.fromkeys((r["framework"], _setting(r), r["batch"]) for r in rows))
     for fw, setting, b in keys:
         same = [r for r in rows if (r["framework"], _setting(r), r["batch"]) == (fw, setting, b)]
         first = float(np.median([r["first_call_s"] for r in same]))
-        steady = float(np.median([r["steady_s_per_image"] for r in same]))
+        steady = float(np.median([r[key] for r in same]))
         peak = max(r["peak_rss_mb"] for r in same)
         line = f"| {fw} | {setting} | {b} | {first:.2f} | {steady:.4f} | {peak:.0f} |"
         if gpu:
@@ -330,13 +416,15 @@ def _print_report(rows: list[dict], args: argparse.Namespace) -> None:
             mine = [r for r in mine if _setting(r) == setting]
             if not torch_rows or not mine:
                 continue
-            best = min(torch_rows, key=lambda r: r["steady_s_per_image"])
-            ratios.append(best["steady_s_per_image"] / mine[0]["steady_s_per_image"])
+            best = min(torch_rows, key=lambda r: r[key])
+            ratios.append(best[key] / mine[0][key])
             baselines.append(_setting(best))
         if not ratios:
             continue
         base = baselines[0] if len(set(baselines)) == 1 else "its fastest setting in each round"
-        line = f"\nbatch {b}: JAX ({setting}) is {float(np.median(ratios)):.2f}x faster per image than PyTorch ({base})"
+        line = (
+            f"\nbatch {b}: JAX ({setting}) is {float(np.median(ratios)):.2f}x faster per {unit} than PyTorch ({base})"
+        )
         if len(ratios) > 1:
             line += " (median over rounds; per round: " + ", ".join(f"{x:.2f}x" for x in ratios) + ")"
         print(line)

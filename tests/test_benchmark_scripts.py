@@ -151,3 +151,52 @@ def test_worker_peak_memory_is_its_own_not_the_parents():
     out = subprocess.run([sys.executable, "-c", parent, tests_dir], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
     assert 0 < float(out.stdout.strip()) < 150
+
+
+def test_benchmark_sampler_video_kind_runs_both_frameworks(tmp_path):
+    """--kind video: the video environment vs TextToVideoSDPipeline on the same tiny ModelScope-layout model."""
+    rows_file, model = tmp_path / "rows.json", tmp_path / "video_model"
+    cmd = [sys.executable, str(SCRIPT), "--kind", "video", "--model-out", str(model), "--frames", "2"]
+    cmd += ["--batches", "1", "--steps", "1", "--repeats", "1", "--jax-cpu-devices", "1", "--torch-threads", "1"]
+    cmd += ["--query-chunk", "16", "--json", str(rows_file)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = json.loads(rows_file.read_text())
+    assert [(r["framework"], r["kind"], r["frames"], r["query_chunk"]) for r in rows] == [
+        ("jax", "video", 2, 16),
+        ("torch", "video", 2, None),
+    ]
+    assert all(r["steady_s_per_video"] > 0 and "steady_s_per_image" not in r for r in rows)
+    out = proc.stdout
+    assert "config tiny video, 2 frames, 1 DDIM steps, CFG 9.0" in out and "chunks of 16 queries" in out
+    assert "| jax | 1 CPU device | 1 |" in out and "steady s/video" in out
+    assert "batch 1: JAX (1 CPU device) is" in out and "faster per video than PyTorch (1 thread)" in out
+    assert (model / "model_index.json").is_file() and "TextToVideoSDPipeline" in (
+        model / "model_index.json"
+    ).read_text()
+    # the kept video model is never taken for the tiny image model, nor an image config for a video model
+    for extra, message in [
+        ([], "holds the 'tiny video' model, not 'tiny'"),
+        (["--kind", "video", "--config", "sd15"], "--config sd15 is no video model"),
+    ]:
+        proc = subprocess.run(
+            [sys.executable, str(SCRIPT), "--model-out", str(model), *extra],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert proc.returncode == 2 and message in proc.stderr, proc.stderr[-2000:]
+
+
+def test_benchmark_report_for_videos_says_per_video(capsys):
+    bench = load_script("benchmark_sampler")
+    rows = [_row("jax", 4, 0.0, 0, kind="video", steady_s_per_video=0.5)]
+    rows += [_row("torch", 4, 0.0, 0, threads=2, kind="video", steady_s_per_video=2.0)]
+    args = argparse.Namespace(
+        config="tiny", kind="video", frames=16, query_chunk=0, steps=50, guidance=9.0, dtype="float32", repeats=3
+    )
+    bench._print_report(rows, args)
+    out = capsys.readouterr().out
+    assert "config tiny video, 16 frames, 50 DDIM steps, CFG 9.0" in out and "chunks of" not in out
+    assert "| jax | 1 CPU device | 4 | 1.00 | 0.5000 | 100 |" in out and "steady s/video" in out
+    assert "batch 4: JAX (1 CPU device) is 4.00x faster per video than PyTorch (2 threads)" in out
