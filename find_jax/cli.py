@@ -18,6 +18,13 @@ def _slug(text: str) -> str:
     return slugify(text, max_len=60)
 
 
+def _sampler_flags(args: argparse.Namespace) -> dict:
+    """The sampler flags as :class:`~find_jax.envs.base.SamplerSettings` fields (None: not given)."""
+    from find_jax.envs.base import SAMPLER_FIELDS
+
+    return {name: getattr(args, name) for name in SAMPLER_FIELDS}
+
+
 def _progress(args: argparse.Namespace):
     """The progress bar the CLI draws for the library's progress reports (nothing with --quiet)."""
     from find_jax.progress import ProgressBar
@@ -65,13 +72,7 @@ def cmd_optimize(args: argparse.Namespace) -> int:
         lr=args.lr,
         clip_eps=args.clip_eps,
         checkpoint_every=args.checkpoint_every,
-        negative_prompt=args.negative_prompt or None,
-        steps=args.steps,
-        guidance=args.guidance,
-        eta=args.eta,
-        height=args.height,
-        width=args.width,
-        num_frames=args.num_frames,
+        **_sampler_flags(args),
         dtype=args.dtype,
     )
     options = _reward_options(args)
@@ -233,15 +234,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
     )
 
     # Everything that can be checked without the model is checked before it loads (seconds for large models).
-    flags = dict(
-        negative_prompt=args.negative_prompt,
-        steps=args.steps,
-        guidance=args.guidance,
-        eta=args.eta,
-        height=args.height,
-        width=args.width,
-        num_frames=args.num_frames,
-    )
+    flags = _sampler_flags(args)
     check_out_dir(args.out, overwrite=args.overwrite)
     if args.workdir is not None:
         from find_jax.rundir import read_run
