@@ -61,7 +61,12 @@ SD15_TEXT = dict(
 # its VAE SD's at 256 px, its text encoder OpenCLIP ViT-H's text tower (width 1024, 23 layers).
 MODELSCOPE_VAE = dict(SD15_VAE, sample_size=256)
 MODELSCOPE_TEXT = dict(
-    hidden_size=1024, intermediate_size=4096, num_attention_heads=16, num_hidden_layers=23, projection_dim=512
+    hidden_size=1024,
+    intermediate_size=4096,
+    num_attention_heads=16,
+    num_hidden_layers=23,
+    projection_dim=512,
+    hidden_act="gelu",
 )
 
 

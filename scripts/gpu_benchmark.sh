@@ -4,6 +4,15 @@
 #
 #   bash scripts/gpu_benchmark.sh fetch            # here, with PyPI: pure-Python wheels into .whl/ (git-ignored)
 #   bash scripts/gpu_benchmark.sh run DTYPE [OUT]  # there: DTYPE bfloat16 or float32; tables and JSON into OUT
+#   bash scripts/gpu_benchmark.sh video DTYPE [OUT]  # there: the ModelScope-sized video case (below)
+#
+# `video`: ali-vilab/text-to-video-ms-1.7b-sized random weights (UNet3D = find_jax's UNet3DConfig defaults at
+# 32x32 latents, SD's VAE, a 1024-wide 23-layer CLIP text encoder; built by torch's initialisers and converted,
+# never a Flax init), 16 frames at 256x256, 50 DDIM steps, CFG 9: the video environment vs diffusers'
+# TextToVideoSDPipeline + DDIMScheduler, seconds per video and peak GPU memory at batch 1 and 4. The model is
+# built once into .gpu_model_video_modelscope/ (git-ignored). FIND_JAX_GPU_BATCHES (default 1,4) runs fewer
+# batches per call, should one call not hold both; FIND_JAX_GPU_QUERY_CHUNK (default 0: off) sets the JAX
+# UNet3D's spatial attention chunk (queries per chunk). Not yet run on a GPU: its duration is unmeasured.
 #
 # The GPU image this project is lent has JAX, flax, optax, orbax, torch and safetensors, but transformers 5
 # (no Flax models), huggingface_hub 1.x and tokenizers 0.23 (both refused by transformers 4.57) and no
@@ -20,7 +29,31 @@ cd "$(dirname "$0")/.."
 WHEELS=${FIND_JAX_GPU_WHEELS:-.whl}  # where `fetch` writes and `run` reads the wheels
 SITE=${FIND_JAX_GPU_SITE:-/tmp/find-jax-site}  # where `run` installs them (a folder it made, or empty)
 PY=${PYTHON:-python3}
-CONFIG=${FIND_JAX_GPU_CONFIG:-sd15}  # "tiny" for a quick dry run of this script on a CPU machine
+CONFIG=${FIND_JAX_GPU_CONFIG:-sd15}  # "tiny" for a quick dry run of this script on a CPU machine (both cases)
+
+install_site() {  # the fetched wheels into $SITE, once; then $SITE and the checkout on PYTHONPATH
+  ls "$WHEELS"/diffusers-*.whl "$WHEELS"/transformers-*.whl >/dev/null || {
+    echo "no wheels in $WHEELS: run 'bash scripts/gpu_benchmark.sh fetch' on a machine with PyPI first" >&2
+    exit 2
+  }
+  if [ ! -f "$SITE/.complete" ]; then
+    # Start over only in a folder this script made (marker) or an empty one: never delete anything else.
+    if [ -d "$SITE" ] && [ ! -f "$SITE/.find-jax-site" ] && [ -n "$(ls -A "$SITE")" ]; then
+      echo "$SITE holds files this script did not write; set FIND_JAX_GPU_SITE to an empty or new folder" >&2
+      exit 2
+    fi
+    rm -rf "$SITE"
+    mkdir -p "$SITE"
+    touch "$SITE/.find-jax-site"
+    "$PY" -m pip install -q --no-deps --no-index --target "$SITE" "$WHEELS"/*.whl
+    touch "$SITE/.complete"
+  fi
+  export PYTHONPATH="$SITE:$PWD${PYTHONPATH:+:$PYTHONPATH}"
+  nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$1/gpu.txt" || true
+  "$PY" -c "import jax, torch, diffusers, transformers, flax; print('jax', jax.__version__, jax.devices(), \
+'| torch', torch.__version__, torch.cuda.is_available(), '| diffusers', diffusers.__version__, \
+'| transformers', transformers.__version__, '| flax', flax.__version__)" | tee -a "$1/gpu.txt"
+}
 
 case "${1:-}" in
   fetch)
@@ -35,34 +68,27 @@ case "${1:-}" in
     dtype=${2:?usage: gpu_benchmark.sh run bfloat16|float32 [OUT]}
     out=${3:-${OUT:-.}}
     case "$dtype" in bfloat16 | float32) ;; *) echo "DTYPE must be bfloat16 or float32, got $dtype" >&2; exit 2 ;; esac
-    ls "$WHEELS"/diffusers-*.whl "$WHEELS"/transformers-*.whl >/dev/null || {
-      echo "no wheels in $WHEELS: run 'bash scripts/gpu_benchmark.sh fetch' on a machine with PyPI first" >&2
-      exit 2
-    }
     mkdir -p "$out"
-    if [ ! -f "$SITE/.complete" ]; then
-      # Start over only in a folder this script made (marker) or an empty one: never delete anything else.
-      if [ -d "$SITE" ] && [ ! -f "$SITE/.find-jax-site" ] && [ -n "$(ls -A "$SITE")" ]; then
-        echo "$SITE holds files this script did not write; set FIND_JAX_GPU_SITE to an empty or new folder" >&2
-        exit 2
-      fi
-      rm -rf "$SITE"
-      mkdir -p "$SITE"
-      touch "$SITE/.find-jax-site"
-      "$PY" -m pip install -q --no-deps --no-index --target "$SITE" "$WHEELS"/*.whl
-      touch "$SITE/.complete"
-    fi
-    export PYTHONPATH="$SITE:$PWD${PYTHONPATH:+:$PYTHONPATH}"
-    nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$out/gpu.txt" || true
-    "$PY" -c "import jax, torch, diffusers, transformers, flax; print('jax', jax.__version__, jax.devices(), \
-'| torch', torch.__version__, torch.cuda.is_available(), '| diffusers', diffusers.__version__, \
-'| transformers', transformers.__version__, '| flax', flax.__version__)" | tee -a "$out/gpu.txt"
+    install_site "$out"
     "$PY" scripts/benchmark_sampler.py --config "$CONFIG" --model-out ".gpu_model_$CONFIG" --dtype "$dtype" \
       --jax-cpu-devices 1 --torch-threads 1 --batches 1,8 --repeats 2 --json "$out/${CONFIG}_$dtype.json" \
       | tee "$out/${CONFIG}_$dtype.md"
     ;;
+  video)
+    dtype=${2:?usage: gpu_benchmark.sh video bfloat16|float32 [OUT]}
+    out=${3:-${OUT:-.}}
+    case "$dtype" in bfloat16 | float32) ;; *) echo "DTYPE must be bfloat16 or float32, got $dtype" >&2; exit 2 ;; esac
+    vconfig=modelscope
+    [ "$CONFIG" = tiny ] && vconfig=tiny
+    mkdir -p "$out"
+    install_site "$out"
+    "$PY" scripts/benchmark_sampler.py --kind video --config "$vconfig" --model-out ".gpu_model_video_$vconfig" \
+      --dtype "$dtype" --frames 16 --steps 50 --guidance 9 --jax-cpu-devices 1 --torch-threads 1 \
+      --batches "${FIND_JAX_GPU_BATCHES:-1,4}" --query-chunk "${FIND_JAX_GPU_QUERY_CHUNK:-0}" --repeats 2 \
+      --json "$out/video_${vconfig}_$dtype.json" | tee "$out/video_${vconfig}_$dtype.md"
+    ;;
   *)
-    echo "usage: bash scripts/gpu_benchmark.sh fetch | run bfloat16|float32 [OUT]" >&2
+    echo "usage: bash scripts/gpu_benchmark.sh fetch | run bfloat16|float32 [OUT] | video bfloat16|float32 [OUT]" >&2
     exit 2
     ;;
 esac
