@@ -1,6 +1,7 @@
 """Trains the shapes-world text-to-image model (resumes when re-run with the same --workdir).
 
-    FIND_JAX_CPU_DEVICES=2 python scripts/train_shapes.py --workdir runs/train_shapes --out find_jax/assets/shapes_model
+    FIND_JAX_CPU_DEVICES=2 python scripts/train_shapes.py --workdir runs/train_shapes \
+        --out find_jax/envs/image/shapes/assets/shapes_model
 
 The defaults are the shipped model's settings (``training.json`` in the model directory records them).
 ``FIND_JAX_CPU_DEVICES=2`` trains data parallel over two CPU cores (any several local devices are used).
@@ -48,6 +49,7 @@ def main(argv: list[str] | None = None) -> None:
         help="share of each batch trained at t >= --high-noise-from (where layout is decided)",
     )
     p.add_argument("--high-noise-from", type=int, default=d.high_noise_from, help="see --high-noise-fraction")
+    p.add_argument("--note", default="", help="free text for training.json (e.g. what shared the cores)")
     p.add_argument("--tiny", action="store_true", help="tiny model (smoke tests)")
     a = p.parse_args(argv)
     model_cfg = shapes_model.tiny_config() if a.tiny else shapes_model.ShapesModelConfig()
@@ -68,7 +70,7 @@ def main(argv: list[str] | None = None) -> None:
         high_noise_from=a.high_noise_from,
         model=model_cfg,
     )
-    record = train(config, a.workdir, a.out)
+    record = train(config, a.workdir, a.out, note=a.note)
     print(json.dumps({k: record[k] for k in ("steps", "final_loss", "wall_time_s")}))
 
 

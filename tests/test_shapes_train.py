@@ -78,6 +78,7 @@ def test_resume_continues_from_the_checkpoint(run):
     assert record["steps"] == 3 and record["seed"] == 0
     assert record["data_bias"]["dominant_colour"]["circle"] == "red"
     assert record["wall_time_s"] >= run["first"]["wall_time_s"]
+    assert record["host"]["devices"] >= 1 and record["host"]["cpu_count"] >= 1 and record["init_from"] is None
 
 
 def test_exported_model_loads_and_samples(run):

@@ -246,12 +246,13 @@ def _check_config(workdir: str, config: TrainConfig) -> None:
         json.dump(new, f, indent=2)
 
 
-def train(config: TrainConfig, workdir: str, out_dir: str, *, log=print) -> dict[str, Any]:
+def train(config: TrainConfig, workdir: str, out_dir: str, *, log=print, note: str = "") -> dict[str, Any]:
     """Trains (or resumes) the shapes model; returns the final ``training.json`` record.
 
-    ``workdir`` holds ``config.json``, ``metrics.jsonl`` and ``checkpoints/``; re-running with the same
-    ``workdir`` resumes from the latest checkpoint (a differing config is refused). ``out_dir`` receives
-    the diffusers layout at every checkpoint and at the end.
+    ``note``: free text recorded in ``training.json`` (e.g. what the cores were shared with), with the host's
+    CPU count and JAX devices. ``workdir`` holds ``config.json``, ``metrics.jsonl`` and ``checkpoints/``;
+    re-running with the same ``workdir`` resumes from the latest checkpoint (a differing config is refused).
+    ``out_dir`` receives the diffusers layout at every checkpoint and at the end.
     """
     import orbax.checkpoint as ocp
 
@@ -310,6 +311,8 @@ def train(config: TrainConfig, workdir: str, out_dir: str, *, log=print) -> dict
             "exported_params": "ema",
             "config": config_to_dict(config),
             "init_from": init_record,
+            "host": {"cpu_count": os.cpu_count(), "devices": jax.device_count(), "platform": jax.default_backend()},
+            "note": note,
         }
 
     def checkpoint_and_export() -> None:
