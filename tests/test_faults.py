@@ -228,6 +228,7 @@ def test_sigkill_at_random_moments_resumes_to_the_same_result(reference, tmp_pat
 
 
 @pytest.mark.slow
+@pytest.mark.soak
 def test_sigkill_many_trials(reference, tmp_path):
     """20 trials (issue 19): none leaves a workdir that fails to resume or resumes to another result."""
     _kill_trials(reference, tmp_path, trials=20, seed=2)
