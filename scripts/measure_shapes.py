@@ -4,7 +4,7 @@
 
 Prints label stability under ``x_T -> (x_T + 0.1 z) / sqrt(1.01)``, the share of found objects near a scorer
 threshold, and exact alignment of the common and rare tuning captions, each with a 95% Wilson interval
-(``find_jax.envs.image.shapes.quality``). The default model is the shipped one. ``--controls`` adds the positive
+(``find_jax.shapes_quality``). The default model is the shipped one. ``--controls`` adds the positive
 controls: do Gaussians known to be better (the spread of the aligned draws among 150, a shift towards the named
 colour) register as better on the rare tuning prompts?
 """
@@ -14,7 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from find_jax.envs.image.shapes import quality
+from find_jax import shapes_quality as quality
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -31,6 +31,14 @@ def main(argv: list[str] | None = None) -> None:
         help="also run the positive controls (exact-fit and colour-shift Gaussians vs the prior, rare prompts)",
     )
     p.add_argument("--no-quality", action="store_true", help="skip (a)-(d) (with --controls: the controls only)")
+    p.add_argument(
+        "--find-control",
+        default=None,
+        metavar="WORKDIR",
+        help="also run FIND on the left_share reward (optimum 1.0) in WORKDIR and score its learned Gaussian",
+    )
+    p.add_argument("--find-preset", default="paper", help="FIND preset of --find-control")
+    p.add_argument("--find-lr", type=float, default=None, help="FIND learning rate of --find-control (preset's)")
     p.add_argument("--n-search", type=int, default=150, help="prior draws the exact-fit control is fitted on")
     p.add_argument("--shift", type=float, default=1.0, help="colour-shift size of the control, per element")
     a = p.parse_args(argv)
@@ -43,7 +51,16 @@ def main(argv: list[str] | None = None) -> None:
     if a.controls:
         sampler = quality.Sampler(quality.load_shapes_model(a.model), steps=a.steps, guidance=a.guidance)
         res["controls"] = quality.positive_control(sampler, n_search=a.n_search, n_eval=a.n, shift=a.shift)
-        print(quality.format_control(res["controls"]))
+        print(quality.format_control(res["controls"]), flush=True)
+    if a.find_control:
+        extra = {} if a.find_lr is None else {"lr": a.find_lr}
+        fc = quality.find_control(a.model, a.find_control, preset=a.find_preset, n_eval=a.n, **extra)
+        res["find_control"] = fc
+        print(f"FIND on left_share (optimum 1.0), {a.find_preset} {extra}: mean |mu| {fc['mu_abs']:.4f}")
+        for k in ("base", "find"):
+            v = fc[k]
+            o = v["at_optimum"]
+            print(f"  {k:5s} reward {v['mean']:.3f} [{v['lo']:.3f}, {v['hi']:.3f}], at optimum {o['value']:.3f}")
     if a.json:
         with open(a.json, "w", encoding="utf-8") as f:
             json.dump(res, f, indent=2)

@@ -10,10 +10,11 @@ import numpy as np
 import pytest
 from script_loader import load_script
 
+from find_jax import shapes_quality as quality
 from find_jax.envs.image.decoders import depth_to_space
 from find_jax.envs.image.shapes import model as shapes_model
-from find_jax.envs.image.shapes import quality, world
 from find_jax.envs.image.shapes import tokenizer as shapes_tokenizer
+from find_jax.envs.image.shapes import world
 from reward_models import shapes as scorer
 
 

@@ -399,11 +399,12 @@ def find_control(
     of the learned ``N(mu, sigma^2)`` against the prior with the same ``z``: mean reward with a 95% normal
     interval, and the share of draws at the optimum (reward > 0.99, Wilson). ``overrides``: FindConfig fields."""
     from find_jax import loop
-    from find_jax.config import get_preset
     from find_jax.envs import load_model, make_environment, sampler_settings
+    from find_jax.optimize import make_config
     from find_jax.policy import sigma_fn
 
-    config = get_preset(preset, prompt=prompt, model=model_dir, seed=seed, **overrides)
+    # the model's find_defaults.json (steps, CFG) under the preset, as `find-jax optimize` would run it
+    config = make_config(preset, prompt=prompt, model=model_dir, seed=seed, **overrides)
     env = make_environment(load_model(model_dir), sampler_settings(config), mesh=None)
     state = loop.optimize_one(config, workdir, env=env, reward_fn=left_share)
     mu = np.asarray(state.policy.mu, np.float32)
