@@ -18,8 +18,8 @@ from pathlib import Path
 
 
 def main(argv: list[str] | None = None) -> None:
-    from find_jax.envs.devices import configure_cpu_devices, enable_compilation_cache
     from find_jax import evaluate_shapes as ev
+    from find_jax.envs.devices import configure_cpu_devices, enable_compilation_cache
 
     configure_cpu_devices()  # $FIND_JAX_CPU_DEVICES, before JAX starts
 

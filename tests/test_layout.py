@@ -145,6 +145,7 @@ def test_the_loop_and_trainer_import_no_model_or_sampler_code():
 def test_exactly_one_module_runs_the_iteration_loop():
     """The update step is driven from one place: only the loop calls the jitted batch update and the per-iteration
     draw (the trainer defines them; the update benchmark times the update alone)."""
+
     def calls(text: str, fn: str) -> bool:
         return re.search(rf"(?<!def )\b{fn}\(", text) is not None
 
