@@ -186,3 +186,43 @@ def make_brightness() -> RewardFn:
         return mean_luma(jnp.asarray(images))
 
     return reward_fn
+
+
+MOTION_DIRECTIONS = {"left": (0, -1.0), "right": (0, 1.0), "up": (1, -1.0), "down": (1, 1.0)}
+
+
+@jax.jit
+def luma_centroids(videos: jax.Array) -> jax.Array:
+    """``videos: [B, T, H, W, 3]`` -> ``[B, T, 2]``: each frame's luma-weighted centroid ``(x, y)`` in [0, 1]
+    (a black frame counts as centred)."""
+    weights = jnp.asarray([0.299, 0.587, 0.114], jnp.float32)
+    luma = videos.astype(jnp.float32) @ weights  # [B, T, H, W]
+    h, w = luma.shape[-2:]
+    ys = (jnp.arange(h, dtype=jnp.float32) + 0.5) / h
+    xs = (jnp.arange(w, dtype=jnp.float32) + 0.5) / w
+    mass = jnp.sum(luma, axis=(-2, -1))
+    safe = jnp.maximum(mass, 1e-8)
+    cx = jnp.where(mass > 1e-8, jnp.sum(luma * xs, axis=(-2, -1)) / safe, 0.5)
+    cy = jnp.where(mass > 1e-8, jnp.sum(luma * ys[:, None], axis=(-2, -1)) / safe, 0.5)
+    return jnp.stack([cx, cy], axis=-1)
+
+
+@register(
+    "motion",
+    description="how far the bright centroid moves in a named direction (direction=left|right|up|down) from the "
+    "first to the last frame, in [-1, 1]",
+    video=True,
+)
+def make_motion(direction: str = "right") -> RewardFn:
+    """Reward = displacement of the luma-weighted centroid (:func:`luma_centroids`) from the first to the last
+    frame along ``direction``, in image widths/heights: 1 = from one edge to the other, negative = backwards."""
+    if direction not in MOTION_DIRECTIONS:
+        raise ValueError(f"motion direction must be one of {', '.join(MOTION_DIRECTIONS)}; got {direction!r}")
+    axis, sign = MOTION_DIRECTIONS[direction]
+
+    def reward_fn(videos: Any, prompts: Sequence[str]) -> jax.Array:
+        del prompts
+        c = luma_centroids(jnp.asarray(videos))
+        return sign * (c[:, -1, axis] - c[:, 0, axis])
+
+    return reward_fn

@@ -354,3 +354,30 @@ def test_video_flags_and_latent_ranks_on_an_image_model_are_one_line_each(tmp_pa
         (line,) = _one_clean_line(out.stderr)
         assert message in line, (args, line)
     assert not any((tmp_path / d).exists() for d in ("w1", "w2", "o"))
+
+
+def test_sigterm_checkpoints_says_one_line_exits_143_and_resumes_to_the_same_result(reference, tmp_path):
+    _, ref = reference
+    workdir = tmp_path / "run"
+    cmd = [sys.executable, "-m", "find_jax", "optimize", "--prompt", PROMPT, *TINY, "--workdir", str(workdir)]
+    proc = subprocess.Popen(
+        [*cmd, "--quiet"], env=_env(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path
+    )
+    deadline = time.monotonic() + 200
+    while not (workdir / "metrics.jsonl").exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=200)
+    if proc.returncode == 0:
+        pytest.skip("the run finished before the signal arrived")  # 8 tiny iterations can outrun the poll
+    assert proc.returncode == 143, stderr
+    lines = _one_clean_line(stderr)
+    (said,) = [line for line in lines if "interrupted at iteration" in line]
+    step = int(said.split("interrupted at iteration ")[1].split(";")[0])
+    assert said.endswith("rerun the same command to resume") and 1 <= step < 8
+    from find_jax.rundir import load_state
+
+    assert int(load_state(workdir).step) == step  # checkpointed at the iteration it stopped after
+    out = _optimize(tmp_path, workdir)
+    assert out.returncode == 0, out.stderr
+    _assert_same(_result(workdir), ref)
