@@ -35,7 +35,7 @@ from find_jax.envs.image.shapes import tokenizer as shapes_tokenizer
 from find_jax.envs.image.shapes import world
 from reward_models import shapes as scorer
 
-DEFAULT_MODEL_DIR = os.path.join(os.path.dirname(__file__), "assets", "shapes_model")
+DEFAULT_MODEL_DIR = os.path.join(os.path.dirname(__file__), "envs", "image", "shapes", "assets", "shapes_model")
 # Copies of find_jax.evaluate_shapes.TUNING / TUNING_COMMON (kept apart from the evaluation sets).
 TUNING = ("a white circle", "a yellow square", "three yellow triangles", "a red triangle at the bottom")
 TUNING_COMMON = (

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 
 import jax
 import jax.numpy as jnp
@@ -182,3 +183,9 @@ def test_find_control_runs_find_and_scores_the_learned_distribution(tiny_dir, tm
         assert 0.0 <= res[k]["mean"] <= 1.0 and res[k]["lo"] <= res[k]["mean"] <= res[k]["hi"]
         assert res[k]["at_optimum"]["n"] == 4
     assert (tmp_path / "run" / "config.json").exists() and res["sigma_mean"] > 0
+
+
+def test_default_model_dir_is_the_shipped_model():
+    from find_jax.envs import shipped_model_dir
+
+    assert os.path.samefile(quality.DEFAULT_MODEL_DIR, shipped_model_dir())
