@@ -33,19 +33,10 @@ from find_jax.envs.ddim import ddim_schedule, ddim_step
 from find_jax.envs.image.decoders import depth_to_space, to_unit_range
 from find_jax.envs.image.shapes import tokenizer as shapes_tokenizer
 from find_jax.envs.image.shapes import world
+from find_jax.evaluate_shapes import TUNING, TUNING_COMMON  # the tuning prompts, defined once
 from reward_models import shapes as scorer
 
 DEFAULT_MODEL_DIR = os.path.join(os.path.dirname(__file__), "envs", "image", "shapes", "assets", "shapes_model")
-# Copies of find_jax.evaluate_shapes.TUNING / TUNING_COMMON (kept apart from the evaluation sets).
-TUNING = ("a white circle", "a yellow square", "three yellow triangles", "a red triangle at the bottom")
-TUNING_COMMON = (
-    "a yellow triangle on the left",
-    "two yellow triangles",
-    "a blue square above a yellow triangle",
-    "a red circle at the bottom",
-    "a yellow triangle to the left of a red circle",
-    "two blue squares",
-)
 NEAR = 0.1  # "near a threshold": within 10% of it
 
 
