@@ -71,6 +71,7 @@ def cmd_optimize(args: argparse.Namespace) -> int:
         seed=args.seed,
         lr=args.lr,
         clip_eps=args.clip_eps,
+        mu_grid=args.mu_grid,
         checkpoint_every=args.checkpoint_every,
         **_sampler_flags(args),
         dtype=args.dtype,

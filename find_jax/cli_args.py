@@ -155,6 +155,12 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--samples-per-iter", type=int, default=None, help="noises sampled per iteration (paper: 1)")
     o.add_argument("--seed", type=int, default=None, help="the run's seed (default 0)")
     o.add_argument("--lr", type=float, default=None, help="AdamW learning rate on (mu, sigma) (paper: 1e-3)")
+    o.add_argument(
+        "--mu-grid",
+        type=int,
+        default=None,
+        help="learn mu on a G x G grid per channel, nearest-upsampled (0 = per element, the paper)",
+    )
     o.add_argument("--clip-eps", type=float, default=None, help="ratio clipping epsilon (paper 0.02, official 0.2)")
     o.add_argument("--no-drcm", action="store_true", help="ablation: raw reward instead of r - V (w/o DRCM)")
     o.add_argument("--no-rca", action="store_true", help="ablation: plain REINFORCE, no ratio clipping (w/o RCA)")

@@ -58,6 +58,10 @@ class FindConfig:
     sigma_param: str = "log"  # "log": sigma=exp(s); "softplus": sigma=softplus(s); "clamp": sigma=s, s>=sigma_min
     sigma_min: float = 1e-4  # lower bound on sigma for sigma_param="clamp" (public code: 1e-4)
     logprob_reduce: str = "sum"  # "sum" over C,h,w elements (exact Gaussian, paper) or "mean" (public code)
+    # Low-frequency mean (not in the paper): 0 = mu per element (paper). g > 0 = mu is a g x g grid per channel
+    # (and per frame) upsampled by nearest neighbour to h x w: its policy gradient is averaged over each
+    # (h/g) x (w/g) block (find_jax.policy.block_average). g = 1 leaves one free mean per channel. g divides h, w.
+    mu_grid: int = 0
 
     # --- RCA: ratio clipping with importance-sampled replay (Eq. 11-13) ---
     use_rca: bool = True  # False = ablation "w/o RCA": plain REINFORCE -A*log pi(x) on the current samples
@@ -160,7 +164,7 @@ def validate_config(cfg: FindConfig) -> None:
     for name, value in positive_ints.items():
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
             raise ValueError(f"{name} must be an integer >= 1; got {value!r}")
-    for name in ("max_bad_rewards", "num_final_samples", "seed"):
+    for name in ("max_bad_rewards", "num_final_samples", "seed", "mu_grid"):
         value = getattr(cfg, name)
         if not isinstance(value, int) or isinstance(value, bool) or value < 0:
             raise ValueError(f"{name} must be an integer >= 0; got {value!r}")
@@ -239,7 +243,7 @@ def get_preset(name: str = "paper", **overrides: Any) -> FindConfig:
 
 # Fields added after run directories existed: left out of config.json (and so of the config hash) while at this
 # value, so runs recorded before them resume unchanged.
-_LATER_FIELDS = {"num_frames": None}
+_LATER_FIELDS = {"num_frames": None, "mu_grid": 0}
 
 
 def config_to_dict(cfg: FindConfig) -> dict[str, Any]:

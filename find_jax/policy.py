@@ -88,6 +88,26 @@ def init_policy(
     return PolicyParams(mu=jnp.full(shape, mu, jnp.float32), sigma_raw=jnp.full(shape, raw, jnp.float32))
 
 
+def block_average(a: jax.Array, grid: int) -> jax.Array:
+    """``a [..., h, w]`` averaged over each of the ``grid x grid`` blocks of its last two axes, broadcast back.
+
+    The orthogonal projection onto functions that are constant on ``(h/grid) x (w/grid)`` blocks: the gradient of
+    a mean ``mu = upsample_nearest(m [..., grid, grid])`` with respect to ``m`` is this projection of the gradient
+    with respect to ``mu``, times the block size. ``grid`` must divide ``h`` and ``w`` (:func:`check_mu_grid`).
+    """
+    h, w = a.shape[-2:]
+    blocks = a.reshape(*a.shape[:-2], grid, h // grid, grid, w // grid)
+    mean = jnp.mean(blocks, axis=(-3, -1), keepdims=True)
+    return jnp.broadcast_to(mean, blocks.shape).reshape(a.shape)
+
+
+def check_mu_grid(latent_shape: tuple[int, ...], grid: int) -> None:
+    """Raises ``ValueError`` unless ``grid`` is 0 (per element) or divides the latent's height and width."""
+    h, w = latent_shape[-2:]
+    if grid and (h % grid or w % grid):
+        raise ValueError(f"mu_grid={grid} must divide the latent's height and width {h}x{w} (or be 0: per element)")
+
+
 def project_params(params: PolicyParams, *, sigma_param: str, sigma_min: float) -> PolicyParams:
     """Projection applied after every optimiser step: ``sigma_raw >= sigma_min`` for ``"clamp"``.
 

@@ -309,45 +309,60 @@ def positive_control(
     n_search: int = 150,
     n_eval: int = 64,
     seed: int = 7,
-    shift: float = 1.0,
+    shifts: Sequence[float] = (0.5, 1.0),
 ) -> dict[str, Any]:
     """Exact alignment of ``n_eval`` fresh draws from known-better Gaussians against the prior, per prompt.
+
+    Candidates (all drawn with the same ``z``):
 
     * ``base``: ``z ~ N(0, I)``;
     * ``exact_fit``: ``mu + sigma * z`` with the per-element mean and spread of the exactly aligned draws among
       ``n_search`` prior draws (as many as FIND's reward calls; a prompt with under two keeps the prior);
-    * ``colour_shift``: ``z + colour_shift(colour of the caption's first object, shift)`` (README: a coherent
-      shift towards the named colour is the direction FIND would have to find);
+    * ``shift_S``: ``z + colour_shift(colour of the caption's first object, S)`` for each ``S`` in ``shifts``
+      (README: a coherent shift towards the named colour);
+    * ``selected``: per prompt, the candidate with the most exact images on a separate *selection* sample of
+      ``n_eval`` draws (ties go to the earlier candidate, ``base`` first), scored on the evaluation draws. This is
+      the known-good distribution of the control: chosen on data the evaluation never sees.
 
-    all with the same ``z``. Pooled proportions carry Wilson 95% intervals; ``separated`` says the interval of a
-    control lies wholly above the base's.
+    Pooled proportions carry Wilson 95% intervals; ``separated`` says the interval of a control lies wholly above
+    the base's.
     """
     shape = sampler.model.latent_shape
-    flags: dict[str, dict[str, list[bool]]] = {"base": {}, "exact_fit": {}, "colour_shift": {}}
-    searched = {}
+    names = ["base", "exact_fit", *(f"shift_{s:g}" for s in shifts)]
+    flags: dict[str, dict[str, list[bool]]] = {k: {} for k in (*names, "selected")}
+    searched, chosen = {}, {}
     for i, p in enumerate(prompts):
         rng = np.random.default_rng([seed, i])
         x_s = rng.standard_normal((n_search, *shape)).astype(np.float32)
         z = rng.standard_normal((n_eval, *shape)).astype(np.float32)
+        z_sel = rng.standard_normal((n_eval, *shape)).astype(np.float32)
         ex_s = [r.exact for r in scorer.score_batch(sampler(x_s, p), [p] * n_search)]
         searched[p] = float(np.mean(ex_s))
         fit = fit_exact(x_s, ex_s)
-        cap = world.parse_caption(p)
-        draws = {
-            "base": z,
-            "exact_fit": z if fit is None else fit[0] + fit[1] * z,
-            "colour_shift": z + colour_shift(shape, cap.colour, shift, factor=sampler.model.factor),
-        }
-        for name, x in draws.items():
-            flags[name][p] = [bool(r.exact) for r in scorer.score_batch(sampler(x, p), [p] * n_eval)]
+        colour = world.parse_caption(p).colour
+        moves = {"base": lambda z: z, "exact_fit": (lambda z: z) if fit is None else (lambda z: fit[0] + fit[1] * z)}
+        for s in shifts:
+            moves[f"shift_{s:g}"] = lambda z, s=s: z + colour_shift(shape, colour, s, factor=sampler.model.factor)
+
+        def exact(x, p=p):
+            return [bool(r.exact) for r in scorer.score_batch(sampler(x, p), [p] * len(x))]
+
+        on_sel = {k: float(np.mean(exact(f(z_sel)))) for k, f in moves.items()}
+        chosen[p] = max(names, key=lambda k: (on_sel[k], -names.index(k)))
+        for k, f in moves.items():
+            flags[k][p] = exact(f(z))
+        flags["selected"][p] = flags[chosen[p]][p]
     pooled = {k: proportion([f for v in d.values() for f in v]) for k, d in flags.items()}
     return {
         "pooled": pooled,
-        "separated": {k: pooled[k]["lo"] > pooled["base"]["hi"] for k in ("exact_fit", "colour_shift")},
-        "per_prompt": {p: {k: float(np.mean(flags[k][p])) for k in flags} | {"search": searched[p]} for p in prompts},
+        "separated": {k: pooled[k]["lo"] > pooled["base"]["hi"] for k in pooled if k != "base"},
+        "per_prompt": {
+            p: {k: float(np.mean(flags[k][p])) for k in flags} | {"search": searched[p], "chosen": chosen[p]}
+            for p in prompts
+        },
         "n_search": n_search,
         "n_eval": n_eval,
-        "shift": shift,
+        "shifts": list(shifts),
     }
 
 
@@ -358,7 +373,9 @@ def format_control(res: dict[str, Any]) -> str:
         sep = "" if k == "base" else ("  above base: yes" if res["separated"][k] else "  above base: no")
         lines.append(f"  {k:12s} {p['value']:.3f} [{p['lo']:.3f}, {p['hi']:.3f}] (n={p['n']}){sep}")
     for p, v in res["per_prompt"].items():
-        lines.append(f"    {p}: " + ", ".join(f"{k} {x:.2f}" for k, x in v.items()))
+        lines.append(
+            f"    {p}: " + ", ".join(f"{k} {x:.2f}" if isinstance(x, float) else f"{k} {x}" for k, x in v.items())
+        )
     return "\n".join(lines)
 
 

@@ -39,6 +39,8 @@ from find_jax.drcm import DrcmMLP, drcm_feature_dim, drcm_features, drcm_loss_fn
 from find_jax.objective import masked_mean, policy_loss_fn
 from find_jax.policy import (
     PolicyParams,
+    block_average,
+    check_mu_grid,
     init_policy,
     log_prob_fn,
     prior_log_prob,
@@ -106,10 +108,24 @@ def make_drcm(config: FindConfig) -> DrcmMLP:
 
 def make_optimizers(config: FindConfig) -> tuple[optax.GradientTransformation, optax.GradientTransformation]:
     """``(policy_tx, drcm_tx)``: AdamW(lr, weight_decay) on (mu, sigma_raw) [optionally after global-norm
-    clipping], and AdamW(drcm_lr, weight_decay) on V_phi."""
+    clipping], and AdamW(drcm_lr, weight_decay) on V_phi.
+
+    With ``mu_grid = g > 0`` the gradient of mu is first projected onto the g x g block-constant means
+    (:func:`find_jax.policy.block_average`). mu starts at 0 and AdamW acts element-wise, so every element of a
+    block keeps the same moments and the same value: this is AdamW on the coarse grid itself (Adam is invariant
+    to the block-size factor of the gradient), and mu stays a full ``[*latent_shape]`` array for sampling,
+    checkpoints and export."""
     policy_tx = optax.adamw(config.lr, weight_decay=config.weight_decay)
     if config.max_grad_norm > 0:
         policy_tx = optax.chain(optax.clip_by_global_norm(config.max_grad_norm), policy_tx)
+    if config.mu_grid > 0:
+        grid = config.mu_grid
+
+        def project(updates, state, params=None):
+            del params
+            return updates.replace(mu=block_average(updates.mu, grid)), state
+
+        policy_tx = optax.chain(optax.GradientTransformation(lambda params: optax.EmptyState(), project), policy_tx)
     drcm_tx = optax.adamw(config.drcm_lr, weight_decay=config.weight_decay)
     return policy_tx, drcm_tx
 
@@ -137,6 +153,7 @@ def init_state(config: FindConfig, latent_shape: Sequence[int], *, embed_dim: in
     Built by one jitted function (eager construction costs one compilation per small op).
     """
     latent_shape = check_latent_shape(latent_shape)
+    check_mu_grid(latent_shape, config.mu_grid)
     policy_tx, drcm_tx = make_optimizers(config)
     module = make_drcm(config)
     feature_dim = drcm_feature_dim(latent_shape, embed_dim)

@@ -40,7 +40,13 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--find-preset", default="paper", help="FIND preset of --find-control")
     p.add_argument("--find-lr", type=float, default=None, help="FIND learning rate of --find-control (preset's)")
     p.add_argument("--n-search", type=int, default=150, help="prior draws the exact-fit control is fitted on")
-    p.add_argument("--shift", type=float, default=1.0, help="colour-shift size of the control, per element")
+    p.add_argument(
+        "--shift",
+        type=float,
+        action="append",
+        dest="shifts",
+        help="colour-shift size of a control candidate, per element (repeatable; default 0.5 and 1.0)",
+    )
     a = p.parse_args(argv)
     if a.n < 1:
         p.error(f"--n must be >= 1; got {a.n}")
@@ -50,7 +56,7 @@ def main(argv: list[str] | None = None) -> None:
         print(quality.format_report(res), flush=True)
     if a.controls:
         sampler = quality.Sampler(quality.load_shapes_model(a.model), steps=a.steps, guidance=a.guidance)
-        res["controls"] = quality.positive_control(sampler, n_search=a.n_search, n_eval=a.n, shift=a.shift)
+        res["controls"] = quality.positive_control(sampler, n_search=a.n_search, n_eval=a.n, shifts=tuple(a.shifts or (0.5, 1.0)))
         print(quality.format_control(res["controls"]), flush=True)
     if a.find_control:
         extra = {} if a.find_lr is None else {"lr": a.find_lr}

@@ -162,11 +162,24 @@ class _BrightSampler:
 
 
 def test_positive_control_registers_a_known_improvement():
-    res = quality.positive_control(_BrightSampler(), ["a white circle"], n_search=8, n_eval=16, shift=1.0)
-    assert res["pooled"]["base"]["value"] == 0.0 and res["pooled"]["colour_shift"]["value"] == 1.0
-    assert res["separated"] == {"exact_fit": False, "colour_shift": True}  # no aligned search draw: prior kept
+    res = quality.positive_control(_BrightSampler(), ["a white circle"], n_search=8, n_eval=16, shifts=(0.25, 1.0))
+    assert res["pooled"]["base"]["value"] == 0.0 and res["pooled"]["shift_1"]["value"] == 1.0
+    assert res["pooled"]["shift_0.25"]["value"] == 0.0  # too small a shift: mean of x_T stays under 0.5
+    # no aligned search draw: the prior is kept; the selection sample picks the shift that works
+    assert res["separated"] == {"exact_fit": False, "shift_0.25": False, "shift_1": True, "selected": True}
+    assert res["per_prompt"]["a white circle"]["chosen"] == "shift_1"
     assert res["per_prompt"]["a white circle"]["search"] == 0.0
-    assert "colour_shift" in quality.format_control(res)
+    assert "shift_1" in quality.format_control(res)
+
+
+def test_positive_control_selection_keeps_the_prior_when_nothing_beats_it():
+    class Never(_BrightSampler):
+        def __call__(self, x, prompt):
+            return np.zeros((len(x), 32, 32, 3), np.float32)
+
+    res = quality.positive_control(Never(), ["a white circle"], n_search=4, n_eval=8, shifts=(1.0,))
+    assert res["per_prompt"]["a white circle"]["chosen"] == "base"  # ties go to the prior
+    assert res["separated"]["selected"] is False
 
 
 def test_left_share_has_its_optimum_when_everything_is_left():
