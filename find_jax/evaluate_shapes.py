@@ -24,7 +24,6 @@ from typing import Any
 import jax
 import numpy as np
 
-from find_jax.prompts import slugify
 from find_jax.stats import mean_ci_tuple, wilson
 
 # Prompt sets. RARE = the training bias works against them (non-dominant colour, counts >= 3, positions and
@@ -65,8 +64,9 @@ TUNING_COMMON = (
 )
 
 
-# A method is a FIND preset plus field overrides. ``ablation`` methods run only on the ABLATION prompts; they
-# remove one component from the paper's method (the paper's own ablation, section 5.4).
+# A method is a FIND preset plus field overrides, spending the evaluation's reward calls per prompt (``calls``:
+# ``iterations = calls // samples_per_iter``). ``ablation`` methods run only on the ABLATION prompts; they remove
+# one component from the paper's method (the paper's own ablation, section 5.4).
 @dataclasses.dataclass(frozen=True)
 class Method:
     """One FIND variant of the evaluation: ``get_preset(preset, **overrides)`` on every prompt."""
@@ -84,6 +84,16 @@ KNOWN_METHODS = {
     "find_no_rca": Method("find_no_rca", "paper", (("use_rca", False),), ablation=True),
 }
 METHODS = tuple(KNOWN_METHODS)
+# The same calls spent differently (issue 18, item 3): the settings of each family were chosen on the TUNING
+# prompts (README, "FIND at equal reward calls"); ``--method`` adds others.
+VARIANTS = {
+    "find_n10": Method("find_n10", "paper", (("replay_size", 20), ("samples_per_iter", 10))),
+    "find_lr3e-2": Method("find_lr3e-2", "paper", (("lr", 0.03),)),
+    "find_grid1_lr3e-2": Method("find_grid1_lr3e-2", "paper", (("lr", 0.03), ("mu_grid", 1))),
+    "find_grid4_lr3e-2": Method("find_grid4_lr3e-2", "paper", (("lr", 0.03), ("mu_grid", 4))),
+}
+KNOWN_METHODS.update(VARIANTS)
+EQUAL_CALLS = METHODS + tuple(VARIANTS)  # the full table of scripts/evaluate_shapes.py
 
 
 def parse_method(spec: str) -> Method:
@@ -118,31 +128,69 @@ def parse_method(spec: str) -> Method:
     return Method(name, preset, tuple(overrides))
 
 
+def pairwise_distance(images: np.ndarray) -> float:
+    """Diversity of a sample: the mean over pairs ``i < j`` of the mean absolute pixel difference of
+    ``images [N, 32, 32, 3]`` in [0, 1] (0 = identical images; two independent base samples differ by ~0.19)."""
+    x = np.asarray(images, np.float32).reshape(len(images), -1)
+    n = len(x)
+    if n < 2:
+        return float("nan")
+    d = [np.abs(x[i + 1 :] - x[i]).mean(axis=1) for i in range(n - 1)]
+    return float(np.concatenate(d).mean())
+
+
 @dataclasses.dataclass
 class Scores:
-    """Per-image scores of one (method, prompt): exact [n] bool, reward [n] float."""
+    """Per-image scores of one (method, prompt): exact [n] bool, reward [n] float; diversity of the images."""
 
     exact: np.ndarray
     reward: np.ndarray
+    diversity: float = float("nan")
 
     def summary(self) -> dict[str, Any]:
         n = len(self.exact)
         k = int(self.exact.sum())
         m, lo, hi = mean_ci_tuple(self.reward)
-        return {"n": n, "exact": k / n, "exact_ci": wilson(k, n), "reward": m, "reward_ci": (lo, hi)}
+        return {
+            "n": n,
+            "exact": k / n,
+            "exact_ci": wilson(k, n),
+            "reward": m,
+            "reward_ci": (lo, hi),
+            "rewards": [round(float(r), 6) for r in self.reward],
+            "diversity": self.diversity,
+        }
 
 
 def score_images(images: np.ndarray, prompt: str, *, graded: bool = False) -> Scores:
     """Exact-scorer results of ``images [N, 32, 32, 3]`` in [0, 1] against one caption (``graded``: the reward
-    is the graded partial credit; ``exact`` is the same either way)."""
+    is the graded partial credit; ``exact`` is the same either way), and their :func:`pairwise_distance`."""
     from reward_models.shapes import score_batch
 
     s = score_batch(images, [prompt] * len(images), graded=graded)
-    return Scores(np.array([t.exact for t in s]), np.array([t.reward for t in s], np.float32))
+    return Scores(
+        np.array([t.exact for t in s]), np.array([t.reward for t in s], np.float32), pairwise_distance(images)
+    )
 
 
 def _base_name(eta: float) -> str:
     return "base" if eta == 0 else f"base_eta{eta:g}"
+
+
+def method_config(method: Method, prompt: str, *, calls: int, **fields: Any):
+    """The method's :class:`~find_jax.config.FindConfig` spending exactly ``calls`` reward calls on ``prompt``:
+    ``iterations = calls / samples_per_iter`` unless the method sets ``iterations`` (then it must agree)."""
+    from find_jax.optimize import make_config
+
+    over = dict(method.overrides)
+    spi = int(over.get("samples_per_iter", 1))
+    iterations = int(over.pop("iterations", calls // max(spi, 1)))
+    if spi < 1 or iterations * spi != calls:
+        raise ValueError(
+            f"method {method.name!r}: {iterations} iterations x {spi} samples = {iterations * spi} reward calls, "
+            f"not the evaluation's {calls}; choose samples_per_iter dividing {calls}"
+        )
+    return make_config(method.preset, prompt=prompt, **fields, **over, iterations=iterations)
 
 
 def evaluate(
@@ -153,26 +201,30 @@ def evaluate(
     ablation: Sequence[str] = ABLATION,
     tuning: Sequence[str] = (),
     n_images: int = 64,
-    iterations: int = 150,
+    calls: int = 150,
     steps: int = 20,
     guidance: float | None = None,
     seed: int = 0,
     methods: Sequence[str | Method] = METHODS,
     search: bool = True,
+    batch_prompts: int = 6,
     log=print,
-    on_prompt=None,
+    on_update=None,
 ) -> dict[str, Any]:
-    """Runs every method on every prompt (FIND runs are resumable in ``workdir``); returns the results dict.
+    """Runs every method on every prompt at ``calls`` reward calls each; returns the results dict.
 
-    The base model is measured at every DDIM eta a method uses (``base`` at eta 0, ``base_eta1`` at eta 1 for
-    the ``official`` preset), so each FIND distribution is compared with N(0, I) under its own sampler.
-    Prompts alternate between the rare and the common set so that a partial evaluation covers both;
-    ``on_prompt(results)`` is called with the results so far after each prompt (the script writes them).
+    Per prompt: the base model at every DDIM eta a method uses (``base`` at eta 0, ``base_eta1`` at eta 1 for
+    the ``official`` preset), so each FIND distribution is compared with N(0, I) under its own sampler, and the
+    best of ``calls`` random x_T (``best_of_n``: one image, not a distribution). Per method: one prompt-set run
+    (``find_jax.optimize.run_batch``, ``batch_prompts`` prompts at a time; resumable in ``workdir/<method>``),
+    then ``n_images`` fresh draws of each learned distribution with the same z as the base. ``on_update(results)``
+    is called with the results so far after the bases and after each method (the script writes them).
     """
     from find_jax import envs as environments
     from find_jax.envs.base import bind_one
-    from find_jax.optimize import make_config, run
-    from find_jax.rundir import read_run
+    from find_jax.optimize import make_config, run_batch
+    from find_jax.prompts import PromptItem
+    from find_jax.rundir import load_state
     from find_jax.trainer import sample_from_state
 
     methods = [m if isinstance(m, Method) else parse_method(m) for m in methods]
@@ -180,69 +232,76 @@ def evaluate(
     if len(set(names)) != len(names):
         raise ValueError(f"method names repeat: {names}")
     workdir = Path(workdir)
-    workdir.mkdir(parents=True, exist_ok=True)
     model = environments.load_model(None)
     sampler_kw = {"steps": steps} | ({"guidance": guidance} if guidance is not None else {})
-
-    def config(method: Method, prompt: str):
-        fields = {"iterations": iterations, "seed": seed, **sampler_kw, **dict(method.overrides)}
-        return make_config(method.preset, prompt=prompt, **fields)
-
+    fields = {"seed": seed, **sampler_kw}
+    method_cfgs = {m.name: method_config(m, "x", calls=calls, **fields) for m in methods}  # refuses bad specs
+    workdir.mkdir(parents=True, exist_ok=True)
     base_cfg = make_config("paper", prompt="x", **sampler_kw)
-    method_cfgs = [config(m, "x") for m in methods]
-    etas = sorted({base_cfg.eta} | {c.eta for c in method_cfgs})
-    rows: dict[str, dict[str, Any]] = {}
+    etas = sorted({base_cfg.eta} | {c.eta for c in method_cfgs.values()})
     prompts = _interleave([(p, "rare") for p in rare], [(p, "common") for p in common])
     prompts += [(p, "tuning") for p in tuning]
     rng_eval = jax.random.PRNGKey(seed + 12345)
-    environments_by_eta = {
+    env_by_eta = {
         eta: environments.make_environment(model, environments.sampler_settings(base_cfg, eta=eta)) for eta in etas
     }
+    shape = env_by_eta[base_cfg.eta].latent_shape
+    x0 = jax.random.normal(rng_eval, (n_images, *shape))  # the z of every fresh sample, base and FIND alike
+    rows: dict[str, dict[str, Any]] = {}
+
+    def results() -> dict[str, Any]:
+        return _results(rows, n_images, calls, base_cfg, seed, model, methods)
+
     for prompt, group in prompts:
         t0 = time.perf_counter()
-        envs = {eta: bind_one(e, prompt) for eta, e in environments_by_eta.items()}
-        env = envs[base_cfg.eta]
-        shape = environments_by_eta[base_cfg.eta].latent_shape
-        x0 = jax.random.normal(rng_eval, (n_images, *shape))
         row: dict[str, Any] = {"group": group}
-        for eta, env_e in envs.items():
-            row[_base_name(eta)] = score_images(np.asarray(env_e(x0, rng_eval)), prompt).summary()
-        if search:  # best-of-N random search at FIND's number of reward calls (the most any method makes)
-            n_calls = max((c.iterations * c.samples_per_iter for c in method_cfgs), default=iterations)
-            xs = jax.random.normal(jax.random.fold_in(rng_eval, 1), (n_calls, *shape))
-            found = np.concatenate([np.asarray(env(xs[i : i + 50], rng_eval)) for i in range(0, n_calls, 50)])
-            s = score_images(found, prompt)
-            row["best_of_n"] = {"n": n_calls, "best_reward": float(s.reward.max()), "found_exact": bool(s.exact.any())}
-        for method in methods:
-            if method.ablation and prompt not in ablation:
+        for eta, env in env_by_eta.items():
+            row[_base_name(eta)] = score_images(np.asarray(bind_one(env, prompt)(x0, rng_eval)), prompt).summary()
+        if search:
+            env = bind_one(env_by_eta[base_cfg.eta], prompt)
+            xs = jax.random.normal(jax.random.fold_in(rng_eval, 1), (calls, *shape))
+            found = np.concatenate([np.asarray(env(xs[i : i + 50], rng_eval)) for i in range(0, calls, 50)])
+            sc = score_images(found, prompt)
+            row["best_of_n"] = {"n": calls, "best_reward": float(sc.reward.max()), "found_exact": bool(sc.exact.any())}
+        rows[prompt] = row
+        log(f"{prompt:48s} base {row['base']['exact']:.2f}  ({time.perf_counter() - t0:.0f}s)")
+    if on_update is not None:
+        on_update(results())
+
+    for method in methods:
+        t0 = time.perf_counter()
+        todo = [(p, g) for p, g in prompts if not method.ablation or p in ablation]
+        if not todo:
+            continue
+        cfg = method_cfgs[method.name]
+        items = [PromptItem(p, g) for p, g in todo]
+        out = workdir / method.name
+        result = run_batch(cfg, items, out, batch_prompts=min(batch_prompts, len(items)), model=model)
+        env_m = env_by_eta[cfg.eta]
+        for (prompt, _), res in zip(todo, result.results, strict=True):
+            run_dir = out / res.dir
+            if res.status != "done":
+                log(f"{method.name} {prompt!r}: {res.status} {res.error}")
                 continue
-            cfg = config(method, prompt)
-            run_dir = workdir / method.name / slugify(prompt, max_len=200)
-            tm = time.perf_counter()
-            state = run(cfg, run_dir, model=model)
-            seconds = time.perf_counter() - tm
+            state = load_state(run_dir)
             xm = sample_from_state(state, rng_eval, n_images)
-            summary = score_images(np.asarray(envs[cfg.eta](xm, rng_eval)), prompt).summary()
+            summary = score_images(np.asarray(bind_one(env_m, prompt)(xm, rng_eval)), prompt).summary()
             metrics = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
             best = max(m.get("reward/max", -1.0) for m in metrics)
             summary.update(
                 best_reward_during_run=best,
                 found_exact_during_run=best >= 1.0,
-                seconds=seconds,
+                seconds=res.time_s,
                 reward_calls=cfg.iterations * cfg.samples_per_iter,
+                mu_abs=float(np.abs(np.asarray(state.policy.mu)).mean()),
+                sigma_mean=float(np.asarray(state.sigma).mean()),
                 base=_base_name(cfg.eta),
             )
-            read_run(run_dir)  # the run directory is complete and readable
-            row[method.name] = summary
-        rows[prompt] = row
-        if on_prompt is not None:
-            on_prompt(_results(rows, n_images, iterations, base_cfg, seed, model, methods))
-        log(
-            f"{prompt:48s} "
-            + "  ".join(f"{k} {v['exact']:.2f}" for k, v in row.items() if isinstance(v, dict) and "exact" in v)
-            + f"  ({time.perf_counter() - t0:.0f}s)"
-        )
-    return _results(rows, n_images, iterations, base_cfg, seed, model, methods)
+            rows[prompt][method.name] = summary
+        if on_update is not None:
+            on_update(results())
+        log(f"{method.name}: {len(todo)} prompts in {time.perf_counter() - t0:.0f}s")
+    return results()
 
 
 def _interleave(rare: Sequence, common: Sequence) -> list:
@@ -254,10 +313,10 @@ def _interleave(rare: Sequence, common: Sequence) -> list:
     return out
 
 
-def _results(rows, n_images, iterations, base_cfg, seed, model, methods) -> dict[str, Any]:
+def _results(rows, n_images, calls, base_cfg, seed, model, methods) -> dict[str, Any]:
     settings = {
         "n_images": n_images,
-        "iterations": iterations,
+        "calls": calls,
         "steps": base_cfg.steps,
         "guidance": base_cfg.guidance,
         "seed": seed,
@@ -278,7 +337,9 @@ def _columns(rows: dict[str, dict[str, Any]]) -> list[str]:
 
 
 def aggregate(rows: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    """Pooled exact alignment (Wilson) and mean reward per (group, method), plus search success rates.
+    """Per (group, method): pooled exact alignment (Wilson), mean reward pooled over images (t-interval),
+    diversity as the mean of the prompts' pairwise distances (t-interval over prompts); ``best_of_n`` as the
+    share of prompts where the best of the calls is exactly aligned (Wilson over prompts), and search success.
 
     The ``ablation`` group is the prompts that hold an ablation method; a method enters a group's table only
     when it ran on every prompt of the group.
@@ -301,45 +362,73 @@ def aggregate(rows: dict[str, dict[str, Any]]) -> dict[str, Any]:
                 continue
             k = sum(h["exact"] * h["n"] for h in have)
             n = sum(h["n"] for h in have)
+            rewards = [x for h in have for x in h.get("rewards", [h["reward"]])]
+            rm, rlo, rhi = mean_ci_tuple(rewards)
+            rlo, rhi = max(rlo, 0.0), min(rhi, 1.0)  # the shapes reward lies in [0, 1]
+            dm, dlo, dhi = mean_ci_tuple([h.get("diversity", float("nan")) for h in have])
             g[method] = {
                 "prompts": len(have),
                 "exact": k / n,
                 "exact_ci": wilson(k, n),
-                "reward": float(np.mean([h["reward"] for h in have])),
+                "reward": rm,
+                "reward_ci": (rlo, rhi),
+                "diversity": dm,
+                "diversity_ci": (dlo, dhi),
+            }
+        if all("best_of_n" in r for r in sel.values()):
+            found = [r["best_of_n"]["found_exact"] for r in sel.values()]
+            rm, rlo, rhi = mean_ci_tuple([r["best_of_n"]["best_reward"] for r in sel.values()])
+            g["best_of_n"] = {
+                "prompts": len(found),
+                "exact": float(np.mean(found)),
+                "exact_ci": wilson(sum(found), len(found)),
+                "reward": rm,
+                "reward_ci": (rlo, rhi),
+                "one_image": True,
             }
         searches = {}
-        if all("best_of_n" in r for r in sel.values()):
-            searches["best_of_n"] = float(np.mean([r["best_of_n"]["found_exact"] for r in sel.values()]))
-        for method in g:
-            if not method.startswith("base"):
+        if "best_of_n" in g:
+            searches["best_of_n"] = g["best_of_n"]["exact"]
+        for method, v in g.items():
+            if not method.startswith("base") and not v.get("one_image"):
                 searches[method] = float(np.mean([r[method]["found_exact_during_run"] for r in sel.values()]))
         g["search"] = searches
         out[group] = g
     return out
 
 
+def _ci(v: float, ci) -> str:
+    lo, hi = ci
+    if v is None or not np.isfinite(v):
+        return "–"
+    return f"{v:.3f} [{lo:.3f}, {hi:.3f}]" if np.isfinite(lo) else f"{v:.3f}"
+
+
 def to_markdown(results: dict[str, Any]) -> str:
-    """The README tables: per group, searches, and per prompt."""
+    """The README tables: per group (exact alignment, mean reward, diversity), searches, and per prompt."""
     agg = results["aggregate"]
     st = results["settings"]
+    calls = st.get("calls", st.get("iterations"))
     lines = [
-        f"{st['n_images']} images per prompt and method, {st['iterations']} FIND iterations, "
-        f"{st['steps']} DDIM steps, CFG {st['guidance']}, seed {st['seed']}.",
+        f"{st['n_images']} fresh images per prompt and learned distribution, {calls} reward calls per prompt and "
+        f"method, {st['steps']} DDIM steps, CFG {st['guidance']}, seed {st['seed']}. `best_of_n` is one image per "
+        "prompt (the best of the calls): its 'exact' is the share of prompts where that image is exactly aligned.",
         "",
-        "| set | method | prompts | exact alignment [95% CI] | mean reward |",
-        "|---|---|---|---|---|",
+        "| set | method | prompts | exact alignment [95% CI] | mean reward [95% CI] | diversity [95% CI] |",
+        "|---|---|---|---|---|---|",
     ]
     for group, g in agg.items():
         for method, v in g.items():
             if method == "search":
                 continue
-            lo, hi = v["exact_ci"]
+            div = "one image" if v.get("one_image") else _ci(v["diversity"], v["diversity_ci"])
             lines.append(
-                f"| {group} | {method} | {v['prompts']} | {v['exact']:.3f} [{lo:.3f}, {hi:.3f}] | {v['reward']:.3f} |"
+                f"| {group} | {method} | {v['prompts']} | {_ci(v['exact'], v['exact_ci'])} | "
+                f"{_ci(v['reward'], v['reward_ci'])} | {div} |"
             )
     lines += [
         "",
-        f"Searches: share of prompts where an exactly aligned image was found within {st['iterations']} reward calls "
+        f"Searches: share of prompts where an exactly aligned image was found within {calls} reward calls "
         "(best-of-N random x_T vs the samples FIND drew while optimising):",
         "",
         "| set | method | found exact |",

@@ -340,17 +340,18 @@ def positive_control(
         searched[p] = float(np.mean(ex_s))
         fit = fit_exact(x_s, ex_s)
         colour = world.parse_caption(p).colour
-        moves = {"base": lambda z: z, "exact_fit": (lambda z: z) if fit is None else (lambda z: fit[0] + fit[1] * z)}
+        mu_fit, sd_fit = (np.zeros(shape, np.float32), np.ones(shape, np.float32)) if fit is None else fit
+        moves = {"base": (0.0, 1.0), "exact_fit": (mu_fit, sd_fit)}  # name -> (mu, sigma) of mu + sigma z
         for s in shifts:
-            moves[f"shift_{s:g}"] = lambda z, s=s: z + colour_shift(shape, colour, s, factor=sampler.model.factor)
+            moves[f"shift_{s:g}"] = (colour_shift(shape, colour, s, factor=sampler.model.factor), 1.0)
 
         def exact(x, p=p):
             return [bool(r.exact) for r in scorer.score_batch(sampler(x, p), [p] * len(x))]
 
-        on_sel = {k: float(np.mean(exact(f(z_sel)))) for k, f in moves.items()}
+        on_sel = {k: float(np.mean(exact(m + sd * z_sel))) for k, (m, sd) in moves.items()}
         chosen[p] = max(names, key=lambda k: (on_sel[k], -names.index(k)))
-        for k, f in moves.items():
-            flags[k][p] = exact(f(z))
+        for k, (m, sd) in moves.items():
+            flags[k][p] = exact(m + sd * z)
         flags["selected"][p] = flags[chosen[p]][p]
     pooled = {k: proportion([f for v in d.values() for f in v]) for k, d in flags.items()}
     return {

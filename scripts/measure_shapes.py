@@ -56,7 +56,8 @@ def main(argv: list[str] | None = None) -> None:
         print(quality.format_report(res), flush=True)
     if a.controls:
         sampler = quality.Sampler(quality.load_shapes_model(a.model), steps=a.steps, guidance=a.guidance)
-        res["controls"] = quality.positive_control(sampler, n_search=a.n_search, n_eval=a.n, shifts=tuple(a.shifts or (0.5, 1.0)))
+        shifts = tuple(a.shifts or (0.5, 1.0))
+        res["controls"] = quality.positive_control(sampler, n_search=a.n_search, n_eval=a.n, shifts=shifts)
         print(quality.format_control(res["controls"]), flush=True)
     if a.find_control:
         extra = {} if a.find_lr is None else {"lr": a.find_lr}
