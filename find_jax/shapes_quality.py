@@ -34,6 +34,7 @@ from find_jax.envs.image.decoders import depth_to_space, to_unit_range
 from find_jax.envs.image.shapes import tokenizer as shapes_tokenizer
 from find_jax.envs.image.shapes import world
 from find_jax.evaluate_shapes import TUNING, TUNING_COMMON  # the tuning prompts, defined once
+from find_jax.stats import wilson
 from reward_models import shapes as scorer
 
 DEFAULT_MODEL_DIR = os.path.join(os.path.dirname(__file__), "envs", "image", "shapes", "assets", "shapes_model")
@@ -145,17 +146,6 @@ class Sampler:
             )
             out.append(np.asarray(imgs)[:k])
         return np.concatenate(out)
-
-
-def wilson(k: float, n: int, z: float = 1.96) -> tuple[float, float]:
-    """95% Wilson interval of a proportion ``k / n``."""
-    if n == 0:
-        return (0.0, 1.0)
-    p = k / n
-    d = 1 + z * z / n
-    centre = (p + z * z / (2 * n)) / d
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / d
-    return (max(0.0, centre - half), min(1.0, centre + half))
 
 
 def proportion(flags: Sequence[bool]) -> dict[str, float]:
@@ -394,19 +384,36 @@ def left_share(images: Any, prompts: Sequence[str] | None = None) -> np.ndarray:
     return np.where(total > 1e-6, left / np.maximum(total, 1e-6), 0.5).astype(np.float32)
 
 
+def caption_reward(target: str):
+    """Reward with a known, reachable optimum: the shapes scorer's partial credit of the images against the fixed
+    caption ``target`` (whatever the prompt), ``[B]`` in [0, 1]; 1.0 exactly when an image is aligned with
+    ``target``. With prompt ``a red circle`` and target ``a red circle on the left`` the optimum is a layout the
+    model draws on its own for about half of the prior's x_T, so a Gaussian over x_T that reaches it exists."""
+    world.parse_caption(target)  # refuses a caption outside the grammar now, not at the first reward call
+
+    def reward_fn(images: Any, prompts: Sequence[str] | None = None) -> np.ndarray:
+        del prompts
+        x = np.asarray(images, np.float32)
+        return np.array([s.reward for s in scorer.score_batch(x, [target] * len(x))], np.float32)
+
+    return reward_fn
+
+
 def find_control(
     model_dir: str,
     workdir: str,
     *,
     prompt: str = "a red circle",
+    target: str | None = None,
     preset: str = "paper",
     n_eval: int = 64,
     seed: int = 11,
     **overrides: Any,
 ) -> dict[str, Any]:
-    """Positive control (ii): FIND on :func:`left_share` (optimum 1.0) for ``prompt``, then ``n_eval`` fresh draws
-    of the learned ``N(mu, sigma^2)`` against the prior with the same ``z``: mean reward with a 95% normal
-    interval, and the share of draws at the optimum (reward > 0.99, Wilson). ``overrides``: FindConfig fields."""
+    """Positive control (ii): FIND for ``prompt`` on a reward whose optimum (1.0) is known: :func:`left_share`, or
+    with ``target`` the :func:`caption_reward` of that caption; then ``n_eval`` fresh draws of the learned
+    ``N(mu, sigma^2)`` against the prior with the same ``z``: mean reward with a 95% normal interval, and the share
+    of draws at the optimum (reward > 0.99, Wilson). ``overrides``: FindConfig fields."""
     from find_jax import loop
     from find_jax.envs import load_model, make_environment, sampler_settings
     from find_jax.optimize import make_config
@@ -415,7 +422,8 @@ def find_control(
     # the model's find_defaults.json (steps, CFG) under the preset, as `find-jax optimize` would run it
     config = make_config(preset, prompt=prompt, model=model_dir, seed=seed, **overrides)
     env = make_environment(load_model(model_dir), sampler_settings(config), mesh=None)
-    state = loop.optimize_one(config, workdir, env=env, reward_fn=left_share)
+    reward_fn = left_share if target is None else caption_reward(target)
+    state = loop.optimize_one(config, workdir, env=env, reward_fn=reward_fn)
     mu = np.asarray(state.policy.mu, np.float32)
     sigma = np.asarray(sigma_fn(state.policy.sigma_raw, sigma_param=state.sigma_param, sigma_min=state.sigma_min))
     sampler = Sampler(
@@ -424,7 +432,7 @@ def find_control(
     z = np.random.default_rng([seed, 1]).standard_normal((n_eval, *mu.shape)).astype(np.float32)
     out = {}
     for name, x in {"base": z, "find": mu + sigma * z}.items():
-        r = left_share(sampler(x, prompt))
+        r = reward_fn(sampler(x, prompt))
         half = 1.96 * float(r.std(ddof=1)) / math.sqrt(len(r))
         out[name] = {
             "mean": float(r.mean()),
@@ -434,5 +442,5 @@ def find_control(
         }
     out["mu_abs"] = float(np.abs(mu).mean())
     out["sigma_mean"] = float(sigma.mean())
-    out["config"] = {"preset": preset, "prompt": prompt, **{k: v for k, v in overrides.items()}}
+    out["config"] = {"preset": preset, "prompt": prompt, "target": target or "left_share", **overrides}
     return out

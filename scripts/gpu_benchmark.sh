@@ -5,6 +5,7 @@
 #   bash scripts/gpu_benchmark.sh fetch            # here, with PyPI: pure-Python wheels into .whl/ (git-ignored)
 #   bash scripts/gpu_benchmark.sh run DTYPE [OUT]  # there: DTYPE bfloat16 or float32; tables and JSON into OUT
 #   bash scripts/gpu_benchmark.sh video DTYPE [OUT]  # there: the ModelScope-sized video case (below)
+#   bash scripts/gpu_benchmark.sh shapes [OUT]       # there: train a larger shapes model, measure (a)-(d)
 #
 # `video`: ali-vilab/text-to-video-ms-1.7b-sized random weights (UNet3D = find_jax's UNet3DConfig defaults at
 # 32x32 latents, SD's VAE, a 1024-wide 23-layer CLIP text encoder; built by torch's initialisers and converted,
@@ -87,8 +88,27 @@ case "${1:-}" in
       --batches "${FIND_JAX_GPU_BATCHES:-1,4}" --query-chunk "${FIND_JAX_GPU_QUERY_CHUNK:-0}" --repeats 2 \
       --json "$out/video_${vconfig}_$dtype.json" | tee "$out/video_${vconfig}_$dtype.md"
     ;;
+  shapes)
+    # Issue 18: train the shapes model where the compute is (checkpointed; re-run to go on while the machine
+    # is warm), then measure (a)-(d) and the positive controls. FIND_JAX_GPU_SHAPES_MINUTES (default 7) bounds
+    # the training part of one call; the exported model, training.json and the measurements come back in OUT.
+    out=${2:-${OUT:-.}}
+    mkdir -p "$out"
+    install_site "$out"
+    args=(--steps 20000 --batch 256 --lr 5e-4 --warmup-steps 500 --channels 128,256 --layers-per-block 2
+      --checkpoint-every 1000 --log-every 100)
+    [ "$CONFIG" = tiny ] && args=(--steps 4 --batch 4 --checkpoint-every 2 --log-every 1 --tiny)
+    "$PY" scripts/train_shapes.py --workdir .gpu_train_shapes --out "$out/shapes_model" "${args[@]}" \
+      --max-minutes "${FIND_JAX_GPU_SHAPES_MINUTES:-7}" --note "gpu_benchmark.sh shapes" | tee "$out/train.txt"
+    cp .gpu_train_shapes/metrics.jsonl "$out/" || true
+    n=64
+    [ "$CONFIG" = tiny ] && n=2
+    "$PY" scripts/measure_shapes.py --model "$out/shapes_model" --n "$n" --json "$out/measure.json" \
+      | tee "$out/measure.txt"
+    ;;
   *)
-    echo "usage: bash scripts/gpu_benchmark.sh fetch | run bfloat16|float32 [OUT] | video bfloat16|float32 [OUT]" >&2
+    echo "usage: bash scripts/gpu_benchmark.sh fetch | run bfloat16|float32 [OUT] | video bfloat16|float32 [OUT]" \
+      "| shapes [OUT]" >&2
     exit 2
     ;;
 esac

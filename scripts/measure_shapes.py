@@ -39,6 +39,20 @@ def main(argv: list[str] | None = None) -> None:
     )
     p.add_argument("--find-preset", default="paper", help="FIND preset of --find-control")
     p.add_argument("--find-lr", type=float, default=None, help="FIND learning rate of --find-control (preset's)")
+    p.add_argument("--find-prompt", default="a red circle", help="prompt of --find-control")
+    p.add_argument(
+        "--find-target",
+        default=None,
+        metavar="CAPTION",
+        help="--find-control's reward: the scorer's partial credit against CAPTION (default: left_share)",
+    )
+    p.add_argument(
+        "--find-set",
+        action="append",
+        default=[],
+        metavar="FIELD=VALUE",
+        help="a FindConfig field of --find-control (repeatable; VALUE read as JSON), e.g. mu_grid=1",
+    )
     p.add_argument("--n-search", type=int, default=150, help="prior draws the exact-fit control is fitted on")
     p.add_argument(
         "--shift",
@@ -61,9 +75,29 @@ def main(argv: list[str] | None = None) -> None:
         print(quality.format_control(res["controls"]), flush=True)
     if a.find_control:
         extra = {} if a.find_lr is None else {"lr": a.find_lr}
-        fc = quality.find_control(a.model, a.find_control, preset=a.find_preset, n_eval=a.n, **extra)
+        for item in a.find_set:
+            key, eq, value = item.partition("=")
+            if not eq:
+                p.error(f"--find-set needs FIELD=VALUE; got {item!r}")
+            try:
+                extra[key] = json.loads(value)
+            except json.JSONDecodeError:
+                extra[key] = value
+        fc = quality.find_control(
+            a.model,
+            a.find_control,
+            prompt=a.find_prompt,
+            target=a.find_target,
+            preset=a.find_preset,
+            n_eval=a.n,
+            **extra,
+        )
         res["find_control"] = fc
-        print(f"FIND on left_share (optimum 1.0), {a.find_preset} {extra}: mean |mu| {fc['mu_abs']:.4f}")
+        reward = a.find_target or "left_share"
+        print(
+            f"FIND on {reward!r} (optimum 1.0), {a.find_prompt!r}, {a.find_preset} {extra}: "
+            f"mean |mu| {fc['mu_abs']:.4f}"
+        )
         for k in ("base", "find"):
             v = fc[k]
             o = v["at_optimum"]

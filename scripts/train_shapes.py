@@ -51,9 +51,38 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--high-noise-from", type=int, default=d.high_noise_from, help="see --high-noise-fraction")
     p.add_argument("--note", default="", help="free text for training.json (e.g. what shared the cores)")
     p.add_argument("--tiny", action="store_true", help="tiny model (smoke tests)")
+    p.add_argument(
+        "--channels",
+        default=None,
+        help="UNet channels per resolution, comma-separated (default: the shipped model's 64,128)",
+    )
+    p.add_argument("--layers-per-block", type=int, default=None, help="resnets per UNet block (shipped: 1)")
+    p.add_argument(
+        "--max-minutes",
+        type=float,
+        default=None,
+        help="stop after this many minutes in this call, checkpointed (re-run the same command to go on)",
+    )
     a = p.parse_args(argv)
     model_cfg = shapes_model.tiny_config() if a.tiny else shapes_model.ShapesModelConfig()
     model_cfg = dataclasses.replace(model_cfg, coord_channels=a.coord_channels)
+    if a.channels:
+        try:
+            channels = tuple(int(c) for c in a.channels.split(","))
+        except ValueError:
+            p.error(f"--channels must be comma-separated integers; got {a.channels!r}")
+        if len(channels) != len(model_cfg.block_out_channels) or any(c < 32 or c % 32 for c in channels):
+            p.error(
+                f"--channels needs {len(model_cfg.block_out_channels)} multiples of 32 (one per UNet level; "
+                f"diffusers' Flax GroupNorm uses 32 groups); got {a.channels!r}"
+            )
+        model_cfg = dataclasses.replace(model_cfg, block_out_channels=channels)
+    if a.layers_per_block is not None:
+        if a.layers_per_block < 1:
+            p.error(f"--layers-per-block must be >= 1; got {a.layers_per_block}")
+        model_cfg = dataclasses.replace(model_cfg, layers_per_block=a.layers_per_block)
+    if a.max_minutes is not None and a.max_minutes <= 0:
+        p.error(f"--max-minutes must be > 0; got {a.max_minutes}")
     config = dataclasses.replace(
         d,
         steps=a.steps,
@@ -70,7 +99,8 @@ def main(argv: list[str] | None = None) -> None:
         high_noise_from=a.high_noise_from,
         model=model_cfg,
     )
-    record = train(config, a.workdir, a.out, note=a.note)
+    max_seconds = None if a.max_minutes is None else 60.0 * a.max_minutes
+    record = train(config, a.workdir, a.out, note=a.note, max_seconds=max_seconds)
     print(json.dumps({k: record[k] for k in ("steps", "final_loss", "wall_time_s")}))
 
 

@@ -202,3 +202,25 @@ def test_default_model_dir_is_the_shipped_model():
     from find_jax.envs import shipped_model_dir
 
     assert os.path.samefile(quality.DEFAULT_MODEL_DIR, shipped_model_dir())
+
+
+def test_caption_reward_scores_against_the_target_not_the_prompt():
+    left = world.render([world.ShapeObject("circle", "red", 10, 2, 9)])
+    right = world.render([world.ShapeObject("circle", "red", 10, 20, 9)])
+    r = quality.caption_reward("a red circle on the left")(np.stack([left, right]), ["a red circle"] * 2)
+    assert r[0] == 1.0 and r[1] < 1.0
+    with pytest.raises(ValueError, match="not in the shapes-world grammar"):
+        quality.caption_reward("a red dog")
+
+
+def test_find_control_with_a_target_caption_and_config_fields(tiny_dir, tmp_path):
+    res = quality.find_control(
+        tiny_dir, str(tmp_path / "t"), target="a red circle on the left", preset="tiny", n_eval=4, iterations=2,
+        steps=2, mu_grid=1, lr=0.03,
+    )  # fmt: skip
+    assert res["config"]["target"] == "a red circle on the left" and res["config"]["mu_grid"] == 1
+    from find_jax.rundir import load_state
+
+    mu = np.asarray(load_state(tmp_path / "t").policy.mu)
+    assert np.allclose(mu, mu[:, :1, :1])  # mu_grid=1: one mean per channel
+    assert 0.0 <= res["find"]["mean"] <= 1.0 and res["find"]["at_optimum"]["n"] == 4

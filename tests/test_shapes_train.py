@@ -227,3 +227,26 @@ def test_data_parallel_training_on_four_devices_matches_one_device(run, tmp_path
     one = [json.loads(line)["loss/mean"] for line in (run["work"] / "metrics.jsonl").read_text().splitlines()]
     assert len(one) == len(out["losses"]) == 3
     np.testing.assert_allclose(out["losses"], one, rtol=1e-4)  # same data, noise and init; sums reordered
+
+
+def test_max_seconds_stops_checkpointed_and_a_rerun_goes_on(tmp_path):
+    work, out = tmp_path / "work", tmp_path / "out"
+    logs: list[str] = []
+    first = train(tiny(50), str(work), str(out), log=logs.append, max_seconds=0.0)  # stops before step 2
+    assert any("time limit" in line for line in logs)
+    assert 1 <= first["steps"] < 50
+    assert json.loads((out / "training.json").read_text())["steps"] == first["steps"]  # exported where it stopped
+    logs.clear()
+    second = train(tiny(first["steps"] + 1), str(work), str(out), log=logs.append)
+    assert any(f"resumed from step {first['steps']}" in line for line in logs) and second["steps"] == first["steps"] + 1
+
+
+def test_train_script_architecture_flags_are_checked(tmp_path):
+    script = load_script("train_shapes")
+    base = ["--workdir", str(tmp_path / "w"), "--out", str(tmp_path / "o"), "--steps", "1"]
+    for bad in (["--channels", "64"], ["--channels", "48,96"], ["--channels", "a,b"], ["--layers-per-block", "0"]):
+        with pytest.raises(SystemExit):
+            script.main(base + bad)
+    with pytest.raises(SystemExit):
+        script.main(base + ["--max-minutes", "0"])
+    assert not (tmp_path / "w").exists()  # refused before anything was written

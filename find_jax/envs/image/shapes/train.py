@@ -246,8 +246,13 @@ def _check_config(workdir: str, config: TrainConfig) -> None:
         json.dump(new, f, indent=2)
 
 
-def train(config: TrainConfig, workdir: str, out_dir: str, *, log=print, note: str = "") -> dict[str, Any]:
+def train(
+    config: TrainConfig, workdir: str, out_dir: str, *, log=print, note: str = "", max_seconds: float | None = None
+) -> dict[str, Any]:
     """Trains (or resumes) the shapes model; returns the final ``training.json`` record.
+
+    ``max_seconds``: stop after this much wall time in this call (checkpointed and exported at the step it
+    reached; the record's ``steps`` says where), so a time-limited machine ends with a usable, resumable run.
 
     ``note``: free text recorded in ``training.json`` (e.g. what the cores were shared with), with the host's
     CPU count and JAX devices. ``workdir`` holds ``config.json``, ``metrics.jsonl`` and ``checkpoints/``;
@@ -323,6 +328,7 @@ def train(config: TrainConfig, workdir: str, out_dir: str, *, log=print, note: s
         shapes_model.save_model(model, state.ema_params, out_dir, record())
 
     t_log = time.time()
+    t_call = time.time()
     while int(state.step) < config.steps:
         step = int(state.step)
         images, captions = world.sample_batch(world.batch_rng(config.seed, step), config.batch)
@@ -342,8 +348,12 @@ def train(config: TrainConfig, workdir: str, out_dir: str, *, log=print, note: s
             with open(metrics_path, "a", encoding="utf-8") as f:
                 f.write(json.dumps(m) + "\n")
             log(f"step {done}/{config.steps} loss {last_loss:.4f} ({m['time/step_s']:.2f} s/step)")
-        if done % config.checkpoint_every == 0 or done == config.steps:
+        out_of_time = max_seconds is not None and time.time() - t_call > max_seconds and done < config.steps
+        if done % config.checkpoint_every == 0 or done == config.steps or out_of_time:
             checkpoint_and_export()
+        if out_of_time:  # checked after the step: every call makes at least one
+            log(f"time limit of {max_seconds:.0f} s reached at step {done}: checkpointed, stopping")
+            break
     manager.close()
     rec = record()
     return rec
