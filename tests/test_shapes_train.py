@@ -229,16 +229,14 @@ def test_data_parallel_training_on_four_devices_matches_one_device(run, tmp_path
     np.testing.assert_allclose(out["losses"], one, rtol=1e-4)  # same data, noise and init; sums reordered
 
 
-def test_max_seconds_stops_checkpointed_and_a_rerun_goes_on(tmp_path):
+def test_max_seconds_stops_checkpointed_where_it_reached(tmp_path):
     work, out = tmp_path / "work", tmp_path / "out"
     logs: list[str] = []
-    first = train(tiny(50), str(work), str(out), log=logs.append, max_seconds=0.0)  # stops before step 2
+    first = train(tiny(50), str(work), str(out), log=logs.append, max_seconds=0.0)  # stops after its first step
     assert any("time limit" in line for line in logs)
-    assert 1 <= first["steps"] < 50
-    assert json.loads((out / "training.json").read_text())["steps"] == first["steps"]  # exported where it stopped
-    logs.clear()
-    second = train(tiny(first["steps"] + 1), str(work), str(out), log=logs.append)
-    assert any(f"resumed from step {first['steps']}" in line for line in logs) and second["steps"] == first["steps"] + 1
+    assert first["steps"] == 1
+    assert json.loads((out / "training.json").read_text())["steps"] == 1  # exported where it stopped
+    assert (work / "checkpoints" / "1").is_dir()  # a re-run resumes from here (test_resume_continues_...)
 
 
 def test_train_script_architecture_flags_are_checked(tmp_path):
