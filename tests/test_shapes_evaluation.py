@@ -136,8 +136,8 @@ def test_every_method_spends_the_same_reward_calls():
     for name in ev.EQUAL_CALLS:
         cfg = ev.method_config(ev.KNOWN_METHODS[name], "a green circle", calls=150)
         assert cfg.iterations * cfg.samples_per_iter == 150, name
-    n10 = ev.method_config(ev.KNOWN_METHODS["find_n10"], "a green circle", calls=150)
-    assert (n10.iterations, n10.samples_per_iter) == (15, 10)
+    n5 = ev.method_config(ev.KNOWN_METHODS["find_n5_lr3e-2"], "a green circle", calls=150)
+    assert (n5.iterations, n5.samples_per_iter, n5.lr) == (30, 5, 0.03)
     with pytest.raises(ValueError, match="not the evaluation's 150"):
         ev.method_config(ev.parse_method("n7=paper:samples_per_iter=7,replay_size=8"), "a green circle", calls=150)
     with pytest.raises(ValueError, match="not the evaluation's 150"):
@@ -153,7 +153,15 @@ def test_evaluate_script_quick_writes_the_equal_calls_table(tmp_path, capsys):
     from tests.script_loader import load_script
 
     script = load_script("evaluate_shapes")
-    argv = ["--workdir", str(tmp_path / "ev"), "--quick", "--method", "find_paper", "--method", "find_n10"]
+    argv = [
+        "--workdir",
+        str(tmp_path / "ev"),
+        "--quick",
+        "--method",
+        "find_paper",
+        "--method",
+        "find_n10=paper:samples_per_iter=10,replay_size=20",
+    ]
     argv += ["--method", "find_grid1_lr3e-2", "--batch-prompts", "2"]
     script.main(argv)
     res = json.loads((tmp_path / "ev" / "results.json").read_text())
