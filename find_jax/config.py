@@ -61,7 +61,7 @@ class FindConfig:
     # Low-frequency mean (not in the paper): 0 = mu per element (paper). g > 0 = mu is a g x g grid per channel
     # (and per frame) upsampled by nearest neighbour to h x w: its policy gradient is averaged over each
     # (h/g) x (w/g) block (find_jax.policy.block_average). g = 1 leaves one free mean per channel. g divides h, w.
-    mu_grid: int = 0
+    mu_grid: int = 0  # 0 = per element (paper); g > 0 = mu on a g x g grid per channel (see above)
 
     # --- RCA: ratio clipping with importance-sampled replay (Eq. 11-13) ---
     use_rca: bool = True  # False = ablation "w/o RCA": plain REINFORCE -A*log pi(x) on the current samples
