@@ -75,14 +75,13 @@ def main(argv: list[str] | None = None) -> None:
         print(quality.format_control(res["controls"]), flush=True)
     if a.find_control:
         extra = {} if a.find_lr is None else {"lr": a.find_lr}
-        for item in a.find_set:
-            key, eq, value = item.partition("=")
-            if not eq:
-                p.error(f"--find-set needs FIELD=VALUE; got {item!r}")
+        if a.find_set:  # FIELD=VALUE parsed as evaluate_shapes reads a method's fields (one parser)
+            from find_jax.evaluate_shapes import parse_method
+
             try:
-                extra[key] = json.loads(value)
-            except json.JSONDecodeError:
-                extra[key] = value
+                extra.update(parse_method(f"control={a.find_preset}:" + ",".join(a.find_set)).overrides)
+            except ValueError as e:
+                p.error(f"--find-set: {e}")
         fc = quality.find_control(
             a.model,
             a.find_control,
