@@ -7,6 +7,9 @@ PROMPT ?= a green circle
 # JAX CPU devices for the main job: the sampler splits its CFG batch over them, one core each (~1.5x faster
 # on a 2-core machine than one device; harmless elsewhere: only JAX's CPU backend is affected).
 CPU_DEVICES ?= 2
+# pytest-xdist workers of `make test` (auto = one per core; 0 = serial). Tests are independent: each has its own
+# tmp_path, and subprocess tests keep their compilation cache under it.
+TEST_WORKERS ?= auto
 
 .PHONY: install run test lint format
 
@@ -29,7 +32,7 @@ lint: install
 	$(BIN)/ruff check .
 
 test: lint
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist worksteal
 
 format: install
 	$(BIN)/ruff format .
