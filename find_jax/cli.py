@@ -33,17 +33,9 @@ def _progress(args: argparse.Namespace):
 
 
 def _reward_options(args: argparse.Namespace) -> dict:
-    import json
+    from find_jax.config import parse_assignment
 
-    options = {}
-    for item in args.reward_option:
-        if "=" not in item:
-            raise ValueError(f"--reward-option takes KEY=VALUE; got {item!r}")
-        key, value = item.split("=", 1)
-        try:
-            options[key] = json.loads(value)
-        except json.JSONDecodeError:
-            options[key] = value
+    options = dict(parse_assignment(item, "--reward-option KEY=VALUE") for item in args.reward_option)
     if args.reward_path:
         options["path"] = args.reward_path
     return options
@@ -133,15 +125,6 @@ def _optimize_prompt_set(args: argparse.Namespace, config) -> int:
     return 0
 
 
-def _json_or_text(value: str):
-    import json
-
-    try:
-        return json.loads(value)
-    except json.JSONDecodeError:
-        return value
-
-
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from find_jax.evaluate import evaluate, list_runs
     from find_jax.rundir import read_run
@@ -150,13 +133,15 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if rewards is None:
         entries = list_runs(args.workdir)
         rewards = read_run(entries[0].run_dir)[0].reward
+    from find_jax.config import parse_assignment
+
     options: dict = {}
     for item in args.reward_option:
         name, sep, rest = item.partition(":")
-        if not sep or "=" not in rest or not name:
-            raise ValueError(f"--reward-option takes REWARD:KEY=VALUE; got {item!r}")
-        key, value = rest.split("=", 1)
-        options.setdefault(name, {})[key] = _json_or_text(value)
+        if not sep or not name:
+            raise ValueError(f"{item!r} is not --reward-option REWARD:KEY=VALUE")
+        key, value = parse_assignment(rest, "--reward-option REWARD:KEY=VALUE")
+        options.setdefault(name, {})[key] = value
     model = None
     if args.model is not None:
         from find_jax.envs import load_model

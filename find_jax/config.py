@@ -314,3 +314,19 @@ def config_diff(a: FindConfig, b: FindConfig) -> dict[str, tuple[Any, Any]]:
         for f in dataclasses.fields(FindConfig)
         if getattr(a, f.name) != getattr(b, f.name)
     }
+
+
+def parse_assignment(item: str, what: str = "KEY=VALUE") -> tuple[str, Any]:
+    """``"key=value"`` -> ``(key, value)``: the command-line form of a config field or reward option.
+
+    ``value`` is read as JSON (``3``, ``0.5``, ``true``, ``null``, ``"x"``, ``[1, 2]``) and kept as text when it
+    is not JSON (``prompt=a red circle``). ``what`` names the expected form in the error.
+    """
+    key, eq, value = item.partition("=")
+    key = key.strip()
+    if not eq or not key:
+        raise ValueError(f"{item!r} is not {what}")
+    try:
+        return key, json.loads(value)
+    except json.JSONDecodeError:
+        return key, value

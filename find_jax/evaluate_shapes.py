@@ -26,6 +26,7 @@ from typing import Any
 import jax
 import numpy as np
 
+from find_jax.config import parse_assignment
 from find_jax.stats import mean_ci_tuple, wilson
 
 # Prompt sets. RARE = the training bias works against them (non-dominant colour, counts >= 3, positions and
@@ -121,14 +122,10 @@ def parse_method(spec: str) -> Method:
         raise ValueError(f"method {name!r}: unknown preset {preset!r}; valid presets: {', '.join(PRESETS)}")
     overrides = []
     for item in filter(None, (f.strip() for f in fields.split(","))):
-        key, eq, value = item.partition("=")
-        if not eq:
-            raise ValueError(f"method {name!r}: {item!r} is not FIELD=VALUE")
         try:
-            parsed = json.loads(value)
-        except json.JSONDecodeError:
-            parsed = value
-        overrides.append((key.strip(), parsed))
+            overrides.append(parse_assignment(item, "FIELD=VALUE"))
+        except ValueError as e:
+            raise ValueError(f"method {name!r}: {e}") from None
     return Method(name, preset, tuple(overrides))
 
 

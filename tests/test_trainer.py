@@ -434,6 +434,31 @@ def test_every_config_field_has_a_comment():
         assert "#" in line, f"field {f.name} has no comment"
 
 
+def test_parse_assignment_reads_json_values_and_keeps_other_text():
+    from find_jax.config import parse_assignment
+
+    assert parse_assignment("lr=0.03") == ("lr", 0.03)
+    assert parse_assignment(" mu_grid =4") == ("mu_grid", 4)
+    assert parse_assignment("drcm=false") == ("drcm", False)
+    assert parse_assignment("rgb=[0, 1, 0]") == ("rgb", [0, 1, 0])
+    assert parse_assignment("prompt=a red circle=left") == ("prompt", "a red circle=left")  # split at the first =
+    for bad in ("lr", "=3", " =3", ""):
+        with pytest.raises(ValueError, match="is not KEY=VALUE"):
+            parse_assignment(bad)
+    with pytest.raises(ValueError, match="is not --reward-option KEY=VALUE"):
+        parse_assignment("scale", "--reward-option KEY=VALUE")
+
+
+def test_a_bad_reward_option_is_refused_before_anything_is_written(tmp_path, capsys):
+    from find_jax.cli import main
+
+    workdir = tmp_path / "run"
+    args = ["optimize", "--prompt", "a red circle", "--workdir", str(workdir), "--cache-dir", "off", "--quiet"]
+    assert main([*args, "--reward-option", "scale"]) == 2
+    assert "'scale' is not --reward-option KEY=VALUE" in capsys.readouterr().err
+    assert not workdir.exists()
+
+
 def test_config_json_roundtrip_and_hash():
     cfg = get_preset("official", prompt="a green dog", reward_options={"rgb": [0, 1, 0], "scale": 2})
     assert cfg.reward_options == (("rgb", (0, 1, 0)), ("scale", 2))
