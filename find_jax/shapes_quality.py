@@ -4,7 +4,8 @@ For a model directory (default: the shipped one) and the tuning prompts (never t
 DESIGN.md §11), with the model's own sampler settings (DDIM, ``find_defaults.json``: 20 steps, CFG 2, eta 0):
 
 (a) **label stability**: the share of draws whose exact label (aligned or not) is unchanged when
-    ``x_T -> (x_T + s z) / sqrt(1 + s^2)`` with ``s = 0.1`` (a nearby x_T of the same prior);
+    ``x_T -> (x_T + s z) / sqrt(1 + s^2)`` with ``s = 0.1`` (a nearby x_T of the same prior), with each flip's
+    cause (:func:`flip_cause`: the object count, the colours, the shapes or only the layout changed);
 (b) **threshold margins**: the share of found objects whose scorer features lie within 10% of a threshold
     (pixel colour: the nearest palette colour's distance within 10% of the second nearest, over the object's
     pixels; shape: vertical skewness within ``0.1 * |TRIANGLE_SKEW|`` of it, kurtosis gap within
@@ -189,6 +190,21 @@ def perturb(x_t: np.ndarray, z: np.ndarray, s: float) -> np.ndarray:
     return (x_t + s * z) / np.sqrt(1.0 + s * s)
 
 
+FLIP_CAUSES = ("count", "colour", "shape", "layout")  # what changed when a label flipped (flip_cause)
+
+
+def flip_cause(a: Sequence[scorer.FoundObject], b: Sequence[scorer.FoundObject]) -> str:
+    """Why two scorings of nearby images differ, the first that holds of: ``count`` (objects found), ``colour``
+    (the multiset of colours), ``shape`` (of shapes), else ``layout`` (the same objects, placed differently)."""
+    if len(a) != len(b):
+        return "count"
+    if sorted(o.colour for o in a) != sorted(o.colour for o in b):
+        return "colour"
+    if sorted(o.shape for o in a) != sorted(o.shape for o in b):
+        return "shape"
+    return "layout"
+
+
 def measure_prompts(sampler: Sampler, prompts: Sequence[str], *, n: int, seed: int, s: float = 0.1) -> dict[str, Any]:
     """Samples ``n`` x_T per prompt and their perturbations; per-prompt flags for (a)-(d)."""
     shape = sampler.model.latent_shape
@@ -205,6 +221,11 @@ def measure_prompts(sampler: Sampler, prompts: Sequence[str], *, n: int, seed: i
         per_prompt[p] = {
             "exact": [bool(r.exact) for r in sc],
             "stable": [bool(a.exact == b.exact) for a, b in zip(sc, sc2, strict=True)],
+            "flips": [
+                flip_cause(a.details["objects"], b.details["objects"])
+                for a, b in zip(sc, sc2, strict=True)
+                if a.exact != b.exact
+            ],
             "near": near,
             "pixel_diff": float(np.mean(np.abs(imgs - imgs2))),
         }
@@ -222,6 +243,7 @@ def summarise(rare: dict[str, Any], common: dict[str, Any]) -> dict[str, Any]:
         "common_exact": proportion([f for v in common.values() for f in v["exact"]]),
         "rare_exact": proportion([f for v in rare.values() for f in v["exact"]]),
         "pixel_diff": float(np.mean([v["pixel_diff"] for v in both.values()])),
+        "flip_causes": {c: sum(v["flips"].count(c) for v in both.values()) for c in FLIP_CAUSES},
         "per_prompt": {
             p: {"exact": float(np.mean(v["exact"])), "stable": float(np.mean(v["stable"]))} for p, v in both.items()
         },
@@ -259,6 +281,7 @@ def format_report(res: dict[str, Any]) -> str:
         f"model {res['model_dir']}: {res['steps']} DDIM steps, CFG {res['guidance']}, {res['n']} x_T per prompt",
         f"(a) label stability, s=0.1:   {f(res['stability'])}   (target >= 0.97)",
         f"    mean |pixel difference| under the perturbation: {res['pixel_diff']:.4f}",
+        "    flips by cause: " + ", ".join(f"{k} {v}" for k, v in res["flip_causes"].items()),
         f"(b) objects near a threshold: {f(res['near_any'])}",
     ]
     lines += [f"      {k:9s} {f(v)}" for k, v in res["near"].items()]

@@ -115,6 +115,21 @@ def test_measure_prompts_counts_and_zero_perturbation_is_stable(loaded):
     )
     assert summary["stability"]["n"] == 4 and summary["stability"]["value"] == 1.0
     assert summary["rare_exact"]["n"] == 2 and summary["common_exact"]["n"] == 2
+    assert summary["flip_causes"] == dict.fromkeys(quality.FLIP_CAUSES, 0)  # nothing flipped
+    flipped = {"a white circle": {**res["a white circle"], "flips": ["count", "shape", "count"]}}
+    assert quality.summarise(flipped, {})["flip_causes"] == {"count": 2, "colour": 0, "shape": 1, "layout": 0}
+
+
+def test_flip_cause_names_the_first_difference():
+    def obj(colour, shape, x=8.0):
+        return scorer.FoundObject(colour, shape, (x, 8.0), (4, 4, 8, 8), 40, 0.6)
+
+    red_circle = obj("red", "circle")
+    assert quality.flip_cause([red_circle], [red_circle, obj("red", "circle", 20.0)]) == "count"
+    assert quality.flip_cause([red_circle], [obj("white", "circle")]) == "colour"
+    assert quality.flip_cause([red_circle], [obj("white", "square")]) == "colour"  # the first that holds
+    assert quality.flip_cause([red_circle], [obj("red", "square")]) == "shape"
+    assert quality.flip_cause([red_circle], [obj("red", "circle", 20.0)]) == "layout"
 
 
 def test_script_prints_the_four_figures(tiny_dir, capsys, tmp_path):
@@ -122,7 +137,7 @@ def test_script_prints_the_four_figures(tiny_dir, capsys, tmp_path):
     out = tmp_path / "m.json"
     script.main(["--model", tiny_dir, "--n", "1", "--steps", "2", "--json", str(out)])
     text = capsys.readouterr().out
-    for tag in ("(a) label stability", "(b) objects near", "(c) common exact", "(d) rare exact"):
+    for tag in ("(a) label stability", "flips by cause", "(b) objects near", "(c) common exact", "(d) rare exact"):
         assert tag in text
     assert out.exists()
     script.main(["--model", tiny_dir, "--n", "1", "--steps", "2", "--no-quality", "--controls", "--n-search", "2"])
