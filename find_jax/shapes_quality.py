@@ -228,8 +228,21 @@ def measure_prompts(sampler: Sampler, prompts: Sequence[str], *, n: int, seed: i
             ],
             "near": near,
             "pixel_diff": float(np.mean(np.abs(imgs - imgs2))),
+            # [F, 2, 32, 32, 3]: each flipped draw's image and its perturbed image (for a look, not for JSON)
+            "flip_images": np.stack([imgs, imgs2], 1)[[a.exact != b.exact for a, b in zip(sc, sc2, strict=True)]],
         }
     return per_prompt
+
+
+def write_flip_pairs(results: Sequence[dict[str, Any]], path: str) -> int:
+    """Writes the ``flip_images`` of :func:`measure_prompts` results as one PNG (pairs side by side, four a row,
+    4x nearest-neighbour); returns how many pairs (nothing is written when none flipped)."""
+    from find_jax.report import save_grid
+
+    pairs = np.concatenate([r["flip_images"] for r in results])
+    if len(pairs):
+        save_grid(pairs.reshape(-1, *pairs.shape[2:]), path, columns=8, scale=4)
+    return len(pairs)
 
 
 def summarise(rare: dict[str, Any], common: dict[str, Any]) -> dict[str, Any]:
@@ -261,12 +274,16 @@ def measure_model(
     rare: Sequence[str] = TUNING,
     common: Sequence[str] = TUNING_COMMON,
     chunk: int = 32,
+    flips_png: str | None = None,
 ) -> dict[str, Any]:
-    """(a)-(d) of the module docstring for the model in ``model_dir``."""
+    """(a)-(d) of the module docstring for the model in ``model_dir``; ``flips_png``: also write every flipped
+    draw there as a pair (its image, then the perturbed one), four pairs a row, prompt by prompt."""
     sampler = Sampler(load_shapes_model(model_dir), steps=steps, guidance=guidance, chunk=min(chunk, n))
-    res = summarise(
-        measure_prompts(sampler, rare, n=n, seed=seed), measure_prompts(sampler, common, n=n, seed=seed + 1)
-    )
+    rare_res = measure_prompts(sampler, rare, n=n, seed=seed)
+    common_res = measure_prompts(sampler, common, n=n, seed=seed + 1)
+    res = summarise(rare_res, common_res)
+    if flips_png:
+        res["flips_written"] = write_flip_pairs([*rare_res.values(), *common_res.values()], flips_png)
     res.update({"model_dir": model_dir, "n": n, "seed": seed, "steps": sampler.steps, "guidance": sampler.guidance})
     return res
 

@@ -1,6 +1,6 @@
 """Measures whether a shapes model is a testbed that can tell (issue 18, (a)-(d)) on the tuning prompts.
 
-    python scripts/measure_shapes.py [--model DIR] [--n 64] [--json OUT.json] [--controls]
+    python scripts/measure_shapes.py [--model DIR] [--n 64] [--json OUT.json] [--flips PAIRS.png] [--controls]
 
 Prints label stability under ``x_T -> (x_T + 0.1 z) / sqrt(1.01)``, the share of found objects near a scorer
 threshold, and exact alignment of the common and rare tuning captions, each with a 95% Wilson interval
@@ -25,6 +25,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--steps", type=int, default=None, help="DDIM steps (default: the model's find_defaults.json)")
     p.add_argument("--guidance", type=float, default=None, help="CFG scale (default: the model's)")
     p.add_argument("--json", default=None, help="also write the full result here")
+    p.add_argument("--flips", default=None, metavar="PNG", help="also write each flipped draw and its perturbation")
     p.add_argument(
         "--controls",
         action="store_true",
@@ -66,7 +67,7 @@ def main(argv: list[str] | None = None) -> None:
         p.error(f"--n must be >= 1; got {a.n}")
     res = {}
     if not a.no_quality:
-        res = quality.measure_model(a.model, n=a.n, seed=a.seed, steps=a.steps, guidance=a.guidance)
+        res = quality.measure_model(a.model, n=a.n, seed=a.seed, steps=a.steps, guidance=a.guidance, flips_png=a.flips)
         print(quality.format_report(res), flush=True)
     if a.controls:
         sampler = quality.Sampler(quality.load_shapes_model(a.model), steps=a.steps, guidance=a.guidance)

@@ -116,8 +116,25 @@ def test_measure_prompts_counts_and_zero_perturbation_is_stable(loaded):
     assert summary["stability"]["n"] == 4 and summary["stability"]["value"] == 1.0
     assert summary["rare_exact"]["n"] == 2 and summary["common_exact"]["n"] == 2
     assert summary["flip_causes"] == dict.fromkeys(quality.FLIP_CAUSES, 0)  # nothing flipped
+    assert all(v["flip_images"].shape == (0, 2, 32, 32, 3) for v in res.values())
+    moved = quality.measure_prompts(sampler, ["a white circle"], n=4, seed=0, s=3.0)["a white circle"]
+    assert len(moved["flip_images"]) == len(moved["flips"]) == moved["stable"].count(False)
     flipped = {"a white circle": {**res["a white circle"], "flips": ["count", "shape", "count"]}}
     assert quality.summarise(flipped, {})["flip_causes"] == {"count": 2, "colour": 0, "shape": 1, "layout": 0}
+
+
+def test_flipped_pairs_are_written_side_by_side(tmp_path):
+    from PIL import Image
+
+    red, white = np.zeros((32, 32, 3), np.float32), np.ones((32, 32, 3), np.float32)
+    red[..., 0] = 1.0
+    results = [{"flip_images": np.stack([[red, white]] * 3)}, {"flip_images": np.zeros((0, 2, 32, 32, 3))}]
+    assert quality.write_flip_pairs(results, str(tmp_path / "f.png")) == 3
+    grid = np.asarray(Image.open(tmp_path / "f.png"))
+    assert grid.shape == (34 * 4, 6 * 34 * 4, 3)  # one row of 3 pairs, 2 px borders, 4x
+    assert (grid[70, 70] == (255, 0, 0)).all() and (grid[70, 34 * 4 + 70] == 255).all()  # image, then perturbed
+    assert quality.write_flip_pairs(results[1:], str(tmp_path / "none.png")) == 0
+    assert not (tmp_path / "none.png").exists()
 
 
 def test_flip_cause_names_the_first_difference():
@@ -135,7 +152,9 @@ def test_flip_cause_names_the_first_difference():
 def test_script_prints_the_four_figures(tiny_dir, capsys, tmp_path):
     script = load_script("measure_shapes")
     out = tmp_path / "m.json"
-    script.main(["--model", tiny_dir, "--n", "1", "--steps", "2", "--json", str(out)])
+    script.main(
+        ["--model", tiny_dir, "--n", "1", "--steps", "2", "--json", str(out), "--flips", str(tmp_path / "f.png")]
+    )
     text = capsys.readouterr().out
     for tag in ("(a) label stability", "flips by cause", "(b) objects near", "(c) common exact", "(d) rare exact"):
         assert tag in text
