@@ -337,6 +337,25 @@ def _columns(rows: dict[str, dict[str, Any]]) -> list[str]:
     return sorted(seen, key=lambda k: not k.startswith("base"))
 
 
+def _paired_vs_base(rows, method: str) -> dict[str, Any]:
+    """The method minus its base (``base`` / ``base_eta1``, as it was scored) prompt by prompt: mean difference of
+    exact alignment and of diversity with t-intervals over prompts. Pairing removes the prompts' difficulty,
+    which dominates the pooled intervals."""
+    rows = list(rows)
+    base = rows[0][method].get("base", "base")
+    de = [r[method]["exact"] - r[base]["exact"] for r in rows]
+    dd = [r[method].get("diversity", float("nan")) - r[base].get("diversity", float("nan")) for r in rows]
+    em, elo, ehi = mean_ci_tuple(de)
+    dm, dlo, dhi = mean_ci_tuple(dd)
+    return {
+        "vs": base,
+        "exact_diff": em,
+        "exact_diff_ci": (elo, ehi),
+        "diversity_diff": dm,
+        "diversity_diff_ci": (dlo, dhi),
+    }
+
+
 def aggregate(rows: dict[str, dict[str, Any]]) -> dict[str, Any]:
     """Per (group, method): pooled exact alignment (Wilson), mean reward pooled over images (t-interval),
     diversity as the mean of the prompts' pairwise distances (t-interval over prompts); ``best_of_n`` as the
@@ -376,6 +395,8 @@ def aggregate(rows: dict[str, dict[str, Any]]) -> dict[str, Any]:
                 "diversity": dm,
                 "diversity_ci": (dlo, dhi),
             }
+            if not method.startswith("base"):
+                g[method].update(_paired_vs_base(sel.values(), method))
         if all("best_of_n" in r for r in sel.values()):
             found = [r["best_of_n"]["found_exact"] for r in sel.values()]
             rm, rlo, rhi = mean_ci_tuple([r["best_of_n"]["best_reward"] for r in sel.values()])
@@ -398,11 +419,12 @@ def aggregate(rows: dict[str, dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
-def _ci(v: float, ci) -> str:
+def _ci(v: float, ci, *, signed: bool = False) -> str:
     lo, hi = ci
     if v is None or not np.isfinite(v):
         return "–"
-    return f"{v:.3f} [{lo:.3f}, {hi:.3f}]" if np.isfinite(lo) else f"{v:.3f}"
+    f = "+.3f" if signed else ".3f"
+    return f"{v:{f}} [{lo:{f}}, {hi:{f}}]" if np.isfinite(lo) else f"{v:{f}}"
 
 
 def to_markdown(results: dict[str, Any]) -> str:
@@ -427,6 +449,21 @@ def to_markdown(results: dict[str, Any]) -> str:
                 f"| {group} | {method} | {v['prompts']} | {_ci(v['exact'], v['exact_ci'])} | "
                 f"{_ci(v['reward'], v['reward_ci'])} | {div} |"
             )
+    lines += [
+        "",
+        "Paired against the base each method was scored with (per prompt: method minus base, mean over the "
+        "prompts, t-interval over prompts; an interval above 0 is a gain beyond the prompts' spread):",
+        "",
+        "| set | method | against | exact alignment difference [95% CI] | diversity difference [95% CI] |",
+        "|---|---|---|---|---|",
+    ]
+    for group, g in agg.items():
+        for method, v in g.items():
+            if "exact_diff" in v:
+                lines.append(
+                    f"| {group} | {method} | {v['vs']} | {_ci(v['exact_diff'], v['exact_diff_ci'], signed=True)} | "
+                    f"{_ci(v['diversity_diff'], v['diversity_diff_ci'], signed=True)} |"
+                )
     lines += [
         "",
         f"Searches: share of prompts where an exactly aligned image was found within {calls} reward calls "

@@ -103,6 +103,28 @@ def test_aggregate_pools_groups_and_skips_incomplete_methods():
     assert "| rare | find_paper | 2 | 0.500 [" in md
     assert "| rare | best_of_n | 2 | 0.500 [" in md and "| one image |" in md
     assert "| a blue circle | rare | 0.00 | 0.25 |  |" in md  # columns: base, find_paper, find_no_rca
+    # paired against the base, prompt by prompt: +0.5 and +0.25 -> +0.375, diversity 0.0 and -0.2 -> -0.1
+    fp = rare["find_paper"]
+    assert fp["vs"] == "base" and fp["exact_diff"] == pytest.approx(0.375)
+    assert fp["exact_diff_ci"][0] < 0.375 < fp["exact_diff_ci"][1]
+    assert fp["diversity_diff"] == pytest.approx(-0.1)
+    assert "exact_diff" not in rare["base"] and "exact_diff" not in rare["best_of_n"]
+    assert "| rare | find_paper | base | +0.375 [" in md and "| -0.100 [" in md
+
+
+def test_the_paired_difference_is_against_the_methods_own_base():
+    rows = {
+        p: {
+            "group": "rare",
+            "base": _cell(0.0),
+            "base_eta1": _cell(e),
+            "find_official": {**_cell(e + 0.25), "base": "base_eta1"},
+        }
+        for p, e in (("a green circle", 0.25), ("a blue circle", 0.5), ("a white square", 0.0))
+    }
+    off = ev.aggregate(rows)["rare"]["find_official"]
+    assert off["vs"] == "base_eta1" and off["exact_diff"] == pytest.approx(0.25)
+    assert off["exact_diff_ci"] == pytest.approx((0.25, 0.25))  # the same gain on every prompt: no spread
 
 
 def test_interleave_keeps_both_sets_early():
