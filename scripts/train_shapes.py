@@ -5,6 +5,8 @@
 
 The defaults are the shipped model's settings (``training.json`` in the model directory records them).
 ``FIND_JAX_CPU_DEVICES=2`` trains data parallel over two CPU cores (any several local devices are used).
+Ctrl-C or SIGTERM finishes the current step, checkpoints and exports it, and exits 130 / 143; ``--max-minutes``
+stops the same way after a time budget.
 """
 
 from __future__ import annotations
@@ -13,10 +15,12 @@ import argparse
 import dataclasses
 import json
 import os
+import sys
 
 from find_jax.envs.devices import configure_cpu_devices
 from find_jax.envs.image.shapes import model as shapes_model
 from find_jax.envs.image.shapes.train import TrainConfig, train
+from find_jax.interrupts import EXIT_CODES, interrupts
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -100,8 +104,12 @@ def main(argv: list[str] | None = None) -> None:
         model=model_cfg,
     )
     max_seconds = None if a.max_minutes is None else 60.0 * a.max_minutes
-    record = train(config, a.workdir, a.out, note=a.note, max_seconds=max_seconds)
+    with interrupts() as stop:  # SIGINT / SIGTERM: finish the step, checkpoint and export, exit 130 / 143
+        record = train(config, a.workdir, a.out, note=a.note, max_seconds=max_seconds, should_stop=stop)
     print(json.dumps({k: record[k] for k in ("steps", "final_loss", "wall_time_s")}))
+    if stop():
+        print(f"{stop.signal}: stopped at step {record['steps']}, checkpointed; re-run the same command to go on")
+        sys.exit(EXIT_CODES[stop.signal])
 
 
 if __name__ == "__main__":

@@ -239,6 +239,37 @@ def test_max_seconds_stops_checkpointed_where_it_reached(tmp_path):
     assert (work / "checkpoints" / "1").is_dir()  # a re-run resumes from here (test_resume_continues_...)
 
 
+def test_should_stop_checkpoints_the_step_it_reached(tmp_path):
+    work, out = tmp_path / "work", tmp_path / "out"
+    logs: list[str] = []
+    first = train(tiny(50), str(work), str(out), log=logs.append, should_stop=lambda: True)
+    assert first["steps"] == 1 and any("asked to stop at step 1" in line for line in logs)
+    assert json.loads((out / "training.json").read_text())["steps"] == 1
+    assert (work / "checkpoints" / "1").is_dir()
+
+
+def test_train_script_stops_on_sigterm_checkpointed_and_exits_143(tmp_path, monkeypatch, capsys):
+    import os
+    import signal
+
+    script = load_script("train_shapes")
+    real_train = script.train
+
+    def train_after_sigterm(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGTERM)  # arrives while training: the handler only sets the flag
+        return real_train(*args, **kwargs)
+
+    monkeypatch.setattr(script, "train", train_after_sigterm)
+    work, out = tmp_path / "w", tmp_path / "o"
+    before = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(SystemExit) as exc:
+        script.main(["--tiny", "--workdir", str(work), "--out", str(out), "--steps", "50", "--log-every", "1"])
+    assert exc.value.code == 143
+    assert "SIGTERM: stopped at step 1, checkpointed" in capsys.readouterr().out
+    assert json.loads((out / "training.json").read_text())["steps"] == 1 and (work / "checkpoints" / "1").is_dir()
+    assert signal.getsignal(signal.SIGTERM) is before  # the script's handler is gone again
+
+
 def test_train_script_architecture_flags_are_checked(tmp_path):
     script = load_script("train_shapes")
     base = ["--workdir", str(tmp_path / "w"), "--out", str(tmp_path / "o"), "--steps", "1"]

@@ -22,6 +22,7 @@ import json
 import math
 import os
 import time
+from collections.abc import Callable
 from typing import Any
 
 import flax
@@ -247,12 +248,21 @@ def _check_config(workdir: str, config: TrainConfig) -> None:
 
 
 def train(
-    config: TrainConfig, workdir: str, out_dir: str, *, log=print, note: str = "", max_seconds: float | None = None
+    config: TrainConfig,
+    workdir: str,
+    out_dir: str,
+    *,
+    log=print,
+    note: str = "",
+    max_seconds: float | None = None,
+    should_stop: Callable[[], bool] | None = None,
 ) -> dict[str, Any]:
     """Trains (or resumes) the shapes model; returns the final ``training.json`` record.
 
     ``max_seconds``: stop after this much wall time in this call (checkpointed and exported at the step it
     reached; the record's ``steps`` says where), so a time-limited machine ends with a usable, resumable run.
+    ``should_stop``: polled after every step; once true, the run stops the same way (a signal handler's flag:
+    ``scripts/train_shapes.py`` stops on SIGINT / SIGTERM without losing the steps since the last checkpoint).
 
     ``note``: free text recorded in ``training.json`` (e.g. what the cores were shared with), with the host's
     CPU count and JAX devices. ``workdir`` holds ``config.json``, ``metrics.jsonl`` and ``checkpoints/``;
@@ -349,10 +359,12 @@ def train(
                 f.write(json.dumps(m) + "\n")
             log(f"step {done}/{config.steps} loss {last_loss:.4f} ({m['time/step_s']:.2f} s/step)")
         out_of_time = max_seconds is not None and time.time() - t_call > max_seconds and done < config.steps
-        if done % config.checkpoint_every == 0 or done == config.steps or out_of_time:
+        stopped = should_stop is not None and should_stop() and done < config.steps
+        if done % config.checkpoint_every == 0 or done == config.steps or out_of_time or stopped:
             checkpoint_and_export()
-        if out_of_time:  # checked after the step: every call makes at least one
-            log(f"time limit of {max_seconds:.0f} s reached at step {done}: checkpointed, stopping")
+        if out_of_time or stopped:  # checked after the step: every call makes at least one
+            why = f"time limit of {max_seconds:.0f} s reached" if out_of_time else "asked to stop"
+            log(f"{why} at step {done}: checkpointed, stopping")
             break
     manager.close()
     rec = record()
