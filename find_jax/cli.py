@@ -138,9 +138,12 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     options: dict = {}
     for item in args.reward_option:
         name, sep, rest = item.partition(":")
-        if not sep or not name:
-            raise ValueError(f"{item!r} is not --reward-option REWARD:KEY=VALUE")
-        key, value = parse_assignment(rest, "--reward-option REWARD:KEY=VALUE")
+        try:
+            if not sep or not name:
+                raise ValueError(item)
+            key, value = parse_assignment(rest)
+        except ValueError:
+            raise ValueError(f"{item!r} is not --reward-option REWARD:KEY=VALUE") from None
         options.setdefault(name, {})[key] = value
     model = None
     if args.model is not None:

@@ -427,6 +427,14 @@ def _ci(v: float, ci, *, signed: bool = False) -> str:
     return f"{v:{f}} [{lo:{f}}, {hi:{f}}]" if np.isfinite(lo) else f"{v:{f}}"
 
 
+def _method_rows(agg: dict[str, Any]):
+    """``(group, method, figures)`` of every method row of :func:`aggregate`'s result (not the searches)."""
+    for group, g in agg.items():
+        for method, v in g.items():
+            if method != "search":
+                yield group, method, v
+
+
 def to_markdown(results: dict[str, Any]) -> str:
     """The README tables: per group (exact alignment, mean reward, diversity), searches, and per prompt."""
     agg = results["aggregate"]
@@ -440,15 +448,12 @@ def to_markdown(results: dict[str, Any]) -> str:
         "| set | method | prompts | exact alignment [95% CI] | mean reward [95% CI] | diversity [95% CI] |",
         "|---|---|---|---|---|---|",
     ]
-    for group, g in agg.items():
-        for method, v in g.items():
-            if method == "search":
-                continue
-            div = "one image" if v.get("one_image") else _ci(v["diversity"], v["diversity_ci"])
-            lines.append(
-                f"| {group} | {method} | {v['prompts']} | {_ci(v['exact'], v['exact_ci'])} | "
-                f"{_ci(v['reward'], v['reward_ci'])} | {div} |"
-            )
+    for group, method, v in _method_rows(agg):
+        div = "one image" if v.get("one_image") else _ci(v["diversity"], v["diversity_ci"])
+        lines.append(
+            f"| {group} | {method} | {v['prompts']} | {_ci(v['exact'], v['exact_ci'])} | "
+            f"{_ci(v['reward'], v['reward_ci'])} | {div} |"
+        )
     lines += [
         "",
         "Paired against the base each method was scored with (per prompt: method minus base, mean over the "
@@ -457,13 +462,12 @@ def to_markdown(results: dict[str, Any]) -> str:
         "| set | method | against | exact alignment difference [95% CI] | diversity difference [95% CI] |",
         "|---|---|---|---|---|",
     ]
-    for group, g in agg.items():
-        for method, v in g.items():
-            if "exact_diff" in v:
-                lines.append(
-                    f"| {group} | {method} | {v['vs']} | {_ci(v['exact_diff'], v['exact_diff_ci'], signed=True)} | "
-                    f"{_ci(v['diversity_diff'], v['diversity_diff_ci'], signed=True)} |"
-                )
+    for group, method, v in _method_rows(agg):
+        if "exact_diff" in v:
+            lines.append(
+                f"| {group} | {method} | {v['vs']} | {_ci(v['exact_diff'], v['exact_diff_ci'], signed=True)} | "
+                f"{_ci(v['diversity_diff'], v['diversity_diff_ci'], signed=True)} |"
+            )
     lines += [
         "",
         f"Searches: share of prompts where an exactly aligned image was found within {calls} reward calls "

@@ -218,18 +218,19 @@ def measure_prompts(sampler: Sampler, prompts: Sequence[str], *, n: int, seed: i
         sc = scorer.score_batch(imgs, [p] * n)
         sc2 = scorer.score_batch(imgs2, [p] * n)
         near = [near_threshold(im, o) for im, r in zip(imgs, sc, strict=True) for o in r.details["objects"]]
+        flipped = [bool(a.exact != b.exact) for a, b in zip(sc, sc2, strict=True)]
         per_prompt[p] = {
             "exact": [bool(r.exact) for r in sc],
-            "stable": [bool(a.exact == b.exact) for a, b in zip(sc, sc2, strict=True)],
+            "stable": [not f for f in flipped],
             "flips": [
                 flip_cause(a.details["objects"], b.details["objects"])
-                for a, b in zip(sc, sc2, strict=True)
-                if a.exact != b.exact
+                for a, b, f in zip(sc, sc2, flipped, strict=True)
+                if f
             ],
             "near": near,
             "pixel_diff": float(np.mean(np.abs(imgs - imgs2))),
             # [F, 2, 32, 32, 3]: each flipped draw's image and its perturbed image (for a look, not for JSON)
-            "flip_images": np.stack([imgs, imgs2], 1)[[a.exact != b.exact for a, b in zip(sc, sc2, strict=True)]],
+            "flip_images": np.stack([imgs, imgs2], 1)[np.asarray(flipped, bool)],
         }
     return per_prompt
 
