@@ -58,7 +58,15 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument(
         "--channels",
         default=None,
-        help="UNet channels per resolution, comma-separated (default: the shipped model's 64,128)",
+        help="UNet channels per level, comma-separated, one level per entry, cross-attention at the lowest "
+        "(default: the shipped model's 64,128)",
+    )
+    p.add_argument(
+        "--factor",
+        type=int,
+        default=d.model.factor,
+        choices=shapes_model.FACTORS,
+        help="space-to-depth factor of the pixel latent (shipped: 2, [14, 16, 16]; 1: full resolution, [5, 32, 32])",
     )
     p.add_argument("--layers-per-block", type=int, default=None, help="resnets per UNet block (shipped: 1)")
     p.add_argument(
@@ -69,18 +77,18 @@ def main(argv: list[str] | None = None) -> None:
     )
     a = p.parse_args(argv)
     model_cfg = shapes_model.tiny_config() if a.tiny else shapes_model.ShapesModelConfig()
-    model_cfg = dataclasses.replace(model_cfg, coord_channels=a.coord_channels)
+    model_cfg = dataclasses.replace(model_cfg, coord_channels=a.coord_channels, factor=a.factor)
     if a.channels:
         try:
             channels = tuple(int(c) for c in a.channels.split(","))
         except ValueError:
             p.error(f"--channels must be comma-separated integers; got {a.channels!r}")
-        if len(channels) != len(model_cfg.block_out_channels) or any(c < 32 or c % 32 for c in channels):
+        if not channels or any(c < 32 or c % 32 for c in channels):
             p.error(
-                f"--channels needs {len(model_cfg.block_out_channels)} multiples of 32 (one per UNet level; "
-                f"diffusers' Flax GroupNorm uses 32 groups); got {a.channels!r}"
+                f"--channels needs multiples of 32 (one per UNet level; diffusers' Flax GroupNorm uses 32 "
+                f"groups); got {a.channels!r}"
             )
-        model_cfg = dataclasses.replace(model_cfg, block_out_channels=channels)
+        model_cfg = shapes_model.with_levels(model_cfg, channels)
     if a.layers_per_block is not None:
         if a.layers_per_block < 1:
             p.error(f"--layers-per-block must be >= 1; got {a.layers_per_block}")

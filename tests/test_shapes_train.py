@@ -96,6 +96,29 @@ def test_exported_model_loads_and_samples(run):
     assert images.shape == (1, 1, 32, 32, 3) and np.isfinite(np.asarray(images)).all()
 
 
+def test_a_full_resolution_model_trains_exports_and_samples(tmp_path):
+    """``factor=1``: the latent is the image itself plus the planes, ``[5, 32, 32]``, through three levels."""
+    from find_jax.envs import SamplerSettings, load_model, make_environment
+
+    cfg = shapes_model.with_levels(dataclasses.replace(shapes_model.tiny_config(), factor=1), (32, 32, 32))
+    assert cfg.down_block_types == ("DownBlock2D", "DownBlock2D", "CrossAttnDownBlock2D")
+    assert cfg.up_block_types == ("CrossAttnUpBlock2D", "UpBlock2D", "UpBlock2D")
+    images = np.asarray(jax.random.uniform(jax.random.PRNGKey(0), (2, 32, 32, 3)))
+    x0 = np.asarray(shapes_model.image_latents(cfg, images))
+    assert x0.shape == (2, 5, 32, 32)
+    np.testing.assert_allclose(x0[:, :3], images.transpose(0, 3, 1, 2) * 2 - 1, atol=1e-6)  # no fold
+    out = tmp_path / "out"
+    train(dataclasses.replace(tiny(1), model=cfg), str(tmp_path / "w"), str(out))
+    assert json.loads((out / "decoder/config.json").read_text())["factor"] == 1
+    model = load_model(str(out))
+    assert model.latent_shape() == (5, 32, 32) and model.unet.config.in_channels == 5
+    env_fn = make_environment(model, SamplerSettings(steps=2, guidance=2.0), mesh=None).bind(["a red circle"])
+    images = env_fn(
+        jax.random.normal(jax.random.PRNGKey(0), (1, 1, 5, 32, 32)), jax.random.split(jax.random.PRNGKey(1), 1)
+    )
+    assert images.shape == (1, 1, 32, 32, 3) and np.isfinite(np.asarray(images)).all()
+
+
 def test_a_decoder_config_that_disagrees_with_the_unet_is_refused(run, tmp_path):
     import shutil
 
@@ -273,9 +296,17 @@ def test_train_script_stops_on_sigterm_checkpointed_and_exits_143(tmp_path, monk
 def test_train_script_architecture_flags_are_checked(tmp_path):
     script = load_script("train_shapes")
     base = ["--workdir", str(tmp_path / "w"), "--out", str(tmp_path / "o"), "--steps", "1"]
-    for bad in (["--channels", "64"], ["--channels", "48,96"], ["--channels", "a,b"], ["--layers-per-block", "0"]):
+    for bad in (
+        ["--channels", "16,32"],
+        ["--channels", "48,96"],
+        ["--channels", "a,b"],
+        ["--layers-per-block", "0"],
+        ["--factor", "3"],
+    ):
         with pytest.raises(SystemExit):
             script.main(base + bad)
+    with pytest.raises(ValueError, match="cannot be halved 4 times"):  # 8x8 latent, 5 levels
+        script.main(base + ["--factor", "4", "--channels", "32,32,32,32,32"])
     with pytest.raises(SystemExit):
         script.main(base + ["--max-minutes", "0"])
     assert not (tmp_path / "w").exists()  # refused before anything was written

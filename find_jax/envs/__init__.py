@@ -16,6 +16,7 @@ from typing import Any
 
 from find_jax.envs.base import SAMPLER_DEFAULTS, Environment, SamplerSettings, sampler_settings
 from find_jax.envs.loading import DEFAULT_MODEL, ModelLoadError, resolve_model_dir, shipped_model_dir
+from find_jax.envs.quiet import quiet_upstream_deprecations
 
 # model_index.json _class_name -> environment kind (any other pipeline is read as a text-to-image one)
 VIDEO_PIPELINES = ("TextToVideoSDPipeline", "VideoToVideoSDPipeline")
@@ -51,6 +52,7 @@ def load_model(spec: str | os.PathLike | None = None, *, dtype: str | Any = "flo
     if weights not in ("auto", "flax", "pt"):
         raise ValueError(f"weights must be 'auto', 'flax' or 'pt'; got {weights!r}")
     kind = kind_of(spec)
+    quiet_upstream_deprecations()  # diffusers' "Flax classes are deprecated" once, not once per module
     return _resolve(kind, 0)(spec, dtype=dtype, weights=weights)
 
 

@@ -2,10 +2,11 @@
 
 Same architecture classes and sampler as Stable Diffusion (DESIGN.md §4): a
 ``diffusers.FlaxUNet2DConditionModel`` conditioned on a ``transformers.FlaxCLIPTextModel``, a DDIM
-scheduler, but in pixel space: the "latent" is the 32x32x3 image in ``[-1, 1]`` folded by a 2x2
-space-to-depth into ``[12, 16, 16]``, followed by ``coord_channels`` coordinate planes that the model learns to
-generate (its source of absolute position) and the decoder drops (:class:`find_jax.envs.image.decoders.PixelDecoder`
-with ``factor=2``).
+scheduler, but in pixel space: the "latent" is the 32x32x3 image in ``[-1, 1]`` folded by a ``f x f``
+space-to-depth (the shipped model: ``f = 2``, ``[12, 16, 16]``; ``f = 1`` keeps the image at full resolution,
+``[3, 32, 32]``), followed by ``coord_channels`` coordinate planes that the model learns to generate (its source
+of absolute position) and the decoder drops (:class:`find_jax.envs.image.decoders.PixelDecoder` with
+``factor=f``).
 
 Saved layout (what the sampler's loader reads)::
 
@@ -33,16 +34,16 @@ from find_jax.envs.image.decoders import coord_planes, space_to_depth
 from find_jax.envs.image.shapes import tokenizer as shapes_tokenizer
 from find_jax.envs.image.shapes import world
 
-FACTOR = 2  # space-to-depth factor: latent = [3 * FACTOR**2 + coord_channels, 32 / FACTOR, 32 / FACTOR]
-IMAGE_CHANNELS = 3 * FACTOR**2  # the folded image's channels
-LATENT_SIZE = world.IMAGE_SIZE // FACTOR
+FACTORS = (1, 2, 4)  # space-to-depth factors a model may use (they divide the 32 px image side)
 
 
 @dataclasses.dataclass(frozen=True)
 class ShapesModelConfig:
     """Sizes of the UNet, the text encoder and the noise schedule."""
 
-    # UNet channels per resolution (16x16, 8x8); multiples of 32 (diffusers' Flax GroupNorm uses 32 groups)
+    # Space-to-depth factor f: latent = [3 f^2 + coord_channels, 32 / f, 32 / f] (shipped: 2, [14, 16, 16])
+    factor: int = 2
+    # UNet channels per resolution (shipped: 16x16, 8x8); multiples of 32 (diffusers' Flax GroupNorm: 32 groups)
     block_out_channels: tuple[int, ...] = (64, 128)
     down_block_types: tuple[str, ...] = ("DownBlock2D", "CrossAttnDownBlock2D")  # attention at 8x8 only
     up_block_types: tuple[str, ...] = ("CrossAttnUpBlock2D", "UpBlock2D")  # mirror of the down blocks
@@ -67,9 +68,33 @@ class ShapesModelConfig:
     coord_channels: int = 2
 
     @property
+    def image_channels(self) -> int:
+        """Channels of the folded image, ``3 f^2``."""
+        return 3 * self.factor**2
+
+    @property
     def latent_channels(self) -> int:
         """Channels of the UNet's input/output: the folded image plus the coordinate planes."""
-        return IMAGE_CHANNELS + self.coord_channels
+        return self.image_channels + self.coord_channels
+
+    @property
+    def latent_size(self) -> int:
+        """Side of the latent, ``32 / f``."""
+        return world.IMAGE_SIZE // self.factor
+
+
+def with_levels(cfg: ShapesModelConfig, channels: tuple[int, ...]) -> ShapesModelConfig:
+    """``cfg`` with one UNet level per entry of ``channels``, cross-attention at the lowest resolution only.
+
+    Two levels give the shipped layout (``DownBlock2D``, ``CrossAttnDownBlock2D``); three add a plain level on
+    top (for ``factor=1``: 32x32 and 16x16 plain, attention at 8x8, as in the shipped model).
+    """
+    n = len(channels)
+    if n < 1:
+        raise ValueError("a UNet needs at least one level")
+    down = ("DownBlock2D",) * (n - 1) + ("CrossAttnDownBlock2D",)
+    up = ("CrossAttnUpBlock2D",) + ("UpBlock2D",) * (n - 1)
+    return dataclasses.replace(cfg, block_out_channels=tuple(channels), down_block_types=down, up_block_types=up)
 
 
 def tiny_config() -> ShapesModelConfig:
@@ -87,11 +112,11 @@ def tiny_config() -> ShapesModelConfig:
 
 
 def make_unet(cfg: ShapesModelConfig):
-    """The ``FlaxUNet2DConditionModel`` module for ``[B, 12 + coord_channels, 16, 16]`` latents."""
+    """The ``FlaxUNet2DConditionModel`` module for ``[B, 3 f^2 + coord_channels, 32 / f, 32 / f]`` latents."""
     from diffusers import FlaxUNet2DConditionModel
 
     return FlaxUNet2DConditionModel(
-        sample_size=LATENT_SIZE,
+        sample_size=cfg.latent_size,
         in_channels=cfg.latent_channels,
         out_channels=cfg.latent_channels,
         down_block_types=tuple(cfg.down_block_types),
@@ -135,6 +160,9 @@ def build_model(cfg: ShapesModelConfig, tokenizer_dir: str) -> ShapesModel:
     """Writes the offline tokenizer to ``tokenizer_dir`` and builds the (parameter-free) modules."""
     from transformers import FlaxCLIPTextModel
 
+    from find_jax.envs.quiet import quiet_upstream_deprecations
+
+    quiet_upstream_deprecations()  # the training log shows each upstream deprecation notice once
     tok = shapes_tokenizer.write_tokenizer(tokenizer_dir, max_length=cfg.max_length)
     text_cfg = make_text_config(cfg, len(tok), tok.bos_token_id, tok.eos_token_id)
     text = FlaxCLIPTextModel(text_cfg, _do_init=False)
@@ -148,7 +176,7 @@ def init_params(model: ShapesModel, rng: jax.Array) -> dict[str, Any]:
 
     @jax.jit
     def init_fn(rng_unet, rng_text):
-        sample = jnp.zeros((1, cfg.latent_channels, LATENT_SIZE, LATENT_SIZE), jnp.float32)
+        sample = jnp.zeros((1, cfg.latent_channels, cfg.latent_size, cfg.latent_size), jnp.float32)
         ctx = jnp.zeros((1, cfg.max_length, cfg.text_hidden), jnp.float32)
         unet = model.unet.init(rng_unet, sample, jnp.zeros((1,), jnp.int32), ctx)["params"]
         text = model.text_encoder.init_weights(rng_text, (1, cfg.max_length))
@@ -158,13 +186,13 @@ def init_params(model: ShapesModel, rng: jax.Array) -> dict[str, Any]:
 
 
 def image_latents(cfg: ShapesModelConfig, images: jax.Array) -> jax.Array:
-    """Training images ``[B, 32, 32, 3]`` in ``[0, 1]`` -> the model's ``x_0``: ``[B, 12 + c, 16, 16]``.
+    """Training images ``[B, 32, 32, 3]`` in ``[0, 1]`` -> the model's ``x_0``: ``[B, 3 f^2 + c, 32/f, 32/f]``.
 
     The image in ``[-1, 1]`` folded by space-to-depth, then ``c = cfg.coord_channels`` coordinate planes
     (the same for every image). :class:`find_jax.envs.image.decoders.PixelDecoder` inverts it.
     """
-    x0 = space_to_depth(images * 2.0 - 1.0, FACTOR)  # [B, 12, 16, 16]
-    planes = coord_planes(x0.shape[2], x0.shape[3], cfg.coord_channels)  # [c, 16, 16]
+    x0 = space_to_depth(images * 2.0 - 1.0, cfg.factor)  # [B, 3 f^2, 32/f, 32/f]
+    planes = coord_planes(x0.shape[2], x0.shape[3], cfg.coord_channels)  # [c, 32/f, 32/f]
     return jnp.concatenate([x0, jnp.broadcast_to(planes, (x0.shape[0], *planes.shape))], axis=1)
 
 
@@ -191,7 +219,7 @@ def scheduler_config(cfg: ShapesModelConfig) -> dict[str, Any]:
 
 def decoder_config(cfg: ShapesModelConfig) -> dict[str, Any]:
     """``decoder/config.json``: the :class:`find_jax.envs.image.decoders.PixelDecoder` of the saved layout."""
-    return {"_class_name": "PixelDecoder", "factor": FACTOR, "coord_channels": cfg.coord_channels}
+    return {"_class_name": "PixelDecoder", "factor": cfg.factor, "coord_channels": cfg.coord_channels}
 
 
 def model_index() -> dict[str, Any]:
