@@ -61,6 +61,10 @@ def load_shapes_model(model_dir: str = DEFAULT_MODEL_DIR) -> LoadedShapesModel:
     from diffusers import FlaxUNet2DConditionModel
     from transformers import CLIPTokenizer, FlaxCLIPTextModel
 
+    from find_jax.envs.quiet import quiet_upstream_deprecations
+
+    quiet_upstream_deprecations()
+
     def read(*p):
         with open(os.path.join(model_dir, *p), encoding="utf-8") as f:
             return json.load(f)
