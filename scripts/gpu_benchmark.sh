@@ -92,12 +92,14 @@ case "${1:-}" in
     # Issue 18: train the shapes model where the compute is (checkpointed; re-run to go on while the machine
     # is warm), then measure (a)-(d) and the positive controls. FIND_JAX_GPU_SHAPES_MINUTES (default 7) bounds
     # the training part of one call; the exported model, training.json and the measurements come back in OUT.
+    # FIND_JAX_GPU_SHAPES_ARGS replaces the training flags below (e.g. "--factor 1 --channels 64,128,256 ...").
     out=${2:-${OUT:-.}}
     mkdir -p "$out"
     install_site "$out"
     args=(--steps 20000 --batch 256 --lr 5e-4 --warmup-steps 500 --channels 128,256 --layers-per-block 2
       --checkpoint-every 1000 --log-every 100)
     [ "$CONFIG" = tiny ] && args=(--steps 4 --batch 4 --checkpoint-every 2 --log-every 1 --tiny)
+    [ -n "${FIND_JAX_GPU_SHAPES_ARGS:-}" ] && read -r -a args <<< "$FIND_JAX_GPU_SHAPES_ARGS"
     "$PY" scripts/train_shapes.py --workdir .gpu_train_shapes --out "$out/shapes_model" "${args[@]}" \
       --max-minutes "${FIND_JAX_GPU_SHAPES_MINUTES:-7}" --note "gpu_benchmark.sh shapes" | tee "$out/train.txt"
     cp .gpu_train_shapes/metrics.jsonl "$out/" || true
