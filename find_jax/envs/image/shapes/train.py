@@ -124,9 +124,9 @@ def validate_config(config: TrainConfig) -> None:
         raise ValueError(f"prediction_type must be 'epsilon' or 'v_prediction'; got {config.model.prediction_type!r}")
     if config.model.coord_channels not in (0, 2):
         raise ValueError(f"coord_channels must be 0 or 2; got {config.model.coord_channels}")
-    if config.model.factor not in shapes_model.FACTORS:
-        raise ValueError(f"factor must be one of {shapes_model.FACTORS}; got {config.model.factor}")
     m = config.model
+    if m.factor not in shapes_model.FACTORS:
+        raise ValueError(f"factor must be one of {shapes_model.FACTORS}; got {m.factor}")
     levels = len(m.block_out_channels)
     if len(m.down_block_types) != levels or len(m.up_block_types) != levels:
         raise ValueError(f"the UNet needs one down and one up block per entry of block_out_channels ({levels})")
