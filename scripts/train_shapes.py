@@ -19,6 +19,7 @@ import sys
 
 from find_jax.envs.devices import configure_cpu_devices
 from find_jax.envs.image.shapes import model as shapes_model
+from find_jax.envs.image.shapes import world
 from find_jax.envs.image.shapes.train import TrainConfig, train
 from find_jax.interrupts import EXIT_CODES, interrupts
 
@@ -70,6 +71,13 @@ def main(argv: list[str] | None = None) -> None:
     )
     p.add_argument("--layers-per-block", type=int, default=None, help="resnets per UNet block (shipped: 1)")
     p.add_argument(
+        "--object-sizes",
+        default=None,
+        metavar="MIN,MAX",
+        help=f"bounding-box sides of the training objects, px (shipped: {d.world.min_size},{d.world.max_size})",
+    )
+    p.add_argument("--object-gap", type=int, default=d.world.gap, help="min px between two objects' boxes")
+    p.add_argument(
         "--max-minutes",
         type=float,
         default=None,
@@ -93,6 +101,19 @@ def main(argv: list[str] | None = None) -> None:
         if a.layers_per_block < 1:
             p.error(f"--layers-per-block must be >= 1; got {a.layers_per_block}")
         model_cfg = dataclasses.replace(model_cfg, layers_per_block=a.layers_per_block)
+    sizes = (d.world.min_size, d.world.max_size)
+    if a.object_sizes:
+        try:
+            sizes = tuple(int(v) for v in a.object_sizes.split(","))
+        except ValueError:
+            p.error(f"--object-sizes must be MIN,MAX in px; got {a.object_sizes!r}")
+        if len(sizes) != 2:
+            p.error(f"--object-sizes must be MIN,MAX in px; got {a.object_sizes!r}")
+    geometry = world.Geometry(sizes[0], sizes[1], a.object_gap)
+    try:
+        geometry.validate()
+    except ValueError as e:
+        p.error(f"--object-sizes / --object-gap: {e}")
     if a.max_minutes is not None and a.max_minutes <= 0:
         p.error(f"--max-minutes must be > 0; got {a.max_minutes}")
     config = dataclasses.replace(
@@ -110,6 +131,7 @@ def main(argv: list[str] | None = None) -> None:
         high_noise_fraction=a.high_noise_fraction,
         high_noise_from=a.high_noise_from,
         model=model_cfg,
+        world=geometry,
     )
     max_seconds = None if a.max_minutes is None else 60.0 * a.max_minutes
     with interrupts() as stop:  # SIGINT / SIGTERM: finish the step, checkpoint and export, exit 130 / 143

@@ -11,7 +11,15 @@ import pytest
 from script_loader import load_script
 
 from find_jax.envs.image.shapes import model as shapes_model
-from find_jax.envs.image.shapes.train import TrainConfig, alphas_cumprod, config_from_dict, config_to_dict, train
+from find_jax.envs.image.shapes import world
+from find_jax.envs.image.shapes.train import (
+    TrainConfig,
+    _check_config,
+    alphas_cumprod,
+    config_from_dict,
+    config_to_dict,
+    train,
+)
 
 LAYOUT = [
     "model_index.json",
@@ -159,6 +167,17 @@ def test_resume_with_another_config_is_refused(run):
 def test_config_round_trips_and_bad_values_raise(tmp_path):
     cfg = tiny(5)
     assert config_from_dict(json.loads(json.dumps(config_to_dict(cfg)))) == cfg
+    bigger = dataclasses.replace(cfg, world=world.Geometry(10, 14, 3))
+    assert config_from_dict(json.loads(json.dumps(config_to_dict(bigger)))) == bigger
+    old = {k: v for k, v in config_to_dict(cfg).items() if k != "world"}  # a config.json from before the field
+    assert config_from_dict(old) == cfg and cfg.world == world.SHIPPED_GEOMETRY
+    (tmp_path / "old").mkdir()
+    (tmp_path / "old" / "config.json").write_text(json.dumps(old))
+    _check_config(str(tmp_path / "old"), cfg)  # an old run resumes with the shipped geometry
+    with pytest.raises(ValueError, match=r"different config \(fields \['world'\]\)"):
+        _check_config(str(tmp_path / "old"), bigger)
+    with pytest.raises(ValueError, match="do not fit"):
+        train(dataclasses.replace(cfg, world=world.Geometry(10, 15, 3)), str(tmp_path / "w"), str(tmp_path / "o"))
     with pytest.raises(ValueError, match="steps"):
         train(tiny(0), str(tmp_path / "w"), str(tmp_path / "o"))
 
@@ -301,6 +320,10 @@ def test_train_script_architecture_flags_are_checked(tmp_path):
         ["--channels", "a,b"],
         ["--layers-per-block", "0"],
         ["--factor", "3"],
+        ["--object-sizes", "10"],
+        ["--object-sizes", "10,x"],
+        ["--object-sizes", "10,16"],
+        ["--object-gap", "0"],
     ):
         with pytest.raises(SystemExit):
             script.main(base + bad)

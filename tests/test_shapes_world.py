@@ -63,6 +63,38 @@ def test_objects_fit_and_keep_apart(scenes):
                 assert world._separated(a, b)
 
 
+def test_another_geometry_sets_sizes_and_gap_and_keeps_captions_true():
+    g = world.Geometry(min_size=10, max_size=14, gap=3)
+    rng = np.random.default_rng(5)
+    sizes = set()
+    for _ in range(600):
+        objects, caption = world.sample_scene(rng, g)
+        assert Counter((o.colour, o.shape) for o in objects) == Counter(caption.expected_objects())
+        for i, a in enumerate(objects):
+            sizes.add(a.size)
+            assert 0 <= a.row0 and a.row0 + a.size <= world.IMAGE_SIZE
+            for b in objects[i + 1 :]:
+                assert world._separated(a, b, 3) and not world._separated(a, b, 40)
+    assert sizes == set(range(10, 15))
+    images, _ = world.sample_batch(world.batch_rng(1, 0), 8, g)
+    default, _ = world.sample_batch(world.batch_rng(1, 0), 8)
+    assert images.shape == default.shape and not np.array_equal(images, default)
+
+
+def test_the_default_geometry_is_the_shipped_world():
+    assert world.SHIPPED_GEOMETRY == world.Geometry(world.MIN_SIZE, world.MAX_SIZE, world.GAP) == world.Geometry()
+    a, ca = world.sample_batch(world.batch_rng(2, 9), 16)
+    b, cb = world.sample_batch(world.batch_rng(2, 9), 16, world.Geometry(7, 12, 2))
+    np.testing.assert_array_equal(a, b)
+    assert ca == cb
+
+
+@pytest.mark.parametrize("bad", [(2, 5, 2), (9, 8, 2), (10, 14, 0), (10, 15, 3)])
+def test_a_geometry_that_cannot_hold_four_objects_is_refused(bad):
+    with pytest.raises(ValueError, match="object sizes|do not fit"):
+        world.Geometry(*bad).validate()
+
+
 def test_captions_are_truthful_and_parse(scenes):
     kinds = Counter()
     for objects, caption in scenes:

@@ -66,6 +66,9 @@ class TrainConfig:
     checkpoint_every: int = 250  # steps between Orbax checkpoints + exports
     log_every: int = 10  # steps between metrics.jsonl lines
     model: shapes_model.ShapesModelConfig = shapes_model.ShapesModelConfig()  # architecture
+    # Object sizes and gap of the training images; the shipped model's are the default. Larger, better separated
+    # objects were tried for label stability (issue 18; README, "Is it a testbed that can tell?").
+    world: world.Geometry = world.SHIPPED_GEOMETRY
 
 
 @flax.struct.dataclass
@@ -86,7 +89,8 @@ def config_to_dict(config: TrainConfig) -> dict[str, Any]:
 def config_from_dict(d: dict[str, Any]) -> TrainConfig:
     d = dict(d)
     m = {k: tuple(v) if isinstance(v, list) else v for k, v in d.pop("model").items()}
-    return TrainConfig(**d, model=shapes_model.ShapesModelConfig(**m))
+    geometry = world.Geometry(**d.pop("world", {}))  # runs from before the field: the shipped geometry
+    return TrainConfig(**d, model=shapes_model.ShapesModelConfig(**m), world=geometry)
 
 
 def make_optimizer(config: TrainConfig) -> optax.GradientTransformation:
@@ -124,6 +128,7 @@ def validate_config(config: TrainConfig) -> None:
         raise ValueError(f"prediction_type must be 'epsilon' or 'v_prediction'; got {config.model.prediction_type!r}")
     if config.model.coord_channels not in (0, 2):
         raise ValueError(f"coord_channels must be 0 or 2; got {config.model.coord_channels}")
+    config.world.validate()
     m = config.model
     if m.factor not in shapes_model.FACTORS:
         raise ValueError(f"factor must be one of {shapes_model.FACTORS}; got {m.factor}")
@@ -246,6 +251,7 @@ def _check_config(workdir: str, config: TrainConfig) -> None:
     if os.path.exists(path):
         with open(path, encoding="utf-8") as f:
             old = json.load(f)
+        old = config_to_dict(config_from_dict(old))  # fields added since that run read as their defaults
         old_cmp = json.loads(json.dumps({k: v for k, v in old.items() if k != "steps"}))
         new_cmp = json.loads(json.dumps({k: v for k, v in new.items() if k != "steps"}))
         if old_cmp != new_cmp:
@@ -352,7 +358,7 @@ def train(
     t_call = time.time()
     while int(state.step) < config.steps:
         step = int(state.step)
-        images, captions = world.sample_batch(world.batch_rng(config.seed, step), config.batch)
+        images, captions = world.sample_batch(world.batch_rng(config.seed, step), config.batch, config.world)
         ids = shapes_tokenizer.encode(model.tokenizer, captions)
         state, metrics = train_step(state, split(images), split(ids), empty_ids, rng_train)
         window.append(metrics)

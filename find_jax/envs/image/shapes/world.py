@@ -5,7 +5,8 @@ The world is fixed so that anyone can score it independently (DESIGN.md §6):
 * images are 32x32 RGB, black background, flat objects in one of six pure colours, no anti-aliasing;
 * shapes are circle, square and upright triangle with a square bounding box of 7-12 px; objects never
   overlap (their bounding boxes keep a gap of at least :data:`GAP` px, so same-coloured objects stay
-  separate connected components);
+  separate connected components); these sizes and the gap are the shipped :class:`Geometry`, and a training
+  run may draw its data with another one (``TrainConfig.world``, recorded in ``training.json``);
 * captions take exactly four forms (lower case, no final period)::
 
       a {colour} {shape}
@@ -35,6 +36,7 @@ of the time, two 20%, three 7%, four 3%. Captions always describe their image tr
 from __future__ import annotations
 
 import dataclasses
+import functools
 import re
 from typing import Literal
 
@@ -44,6 +46,7 @@ IMAGE_SIZE = 32  # images are IMAGE_SIZE x IMAGE_SIZE x 3
 MIN_SIZE = 7  # smallest bounding-box side of an object, px
 MAX_SIZE = 12  # largest bounding-box side of an object, px
 GAP = 2  # minimum empty px between two objects' bounding boxes
+MAX_OBJECTS = 4  # most objects in one image (COUNT_PROBS)
 MARGIN = 1.0  # minimum px distance of a centre from the midline / from the other centre, in the generator
 
 COLOURS: dict[str, tuple[float, float, float]] = {
@@ -82,6 +85,28 @@ VOCABULARY: tuple[str, ...] = tuple(
 
 
 @dataclasses.dataclass(frozen=True)
+class Geometry:
+    """Object sizes and spacing of the generated images (the grammar, colours and bias do not change)."""
+
+    min_size: int = MIN_SIZE  # smallest bounding-box side, px
+    max_size: int = MAX_SIZE  # largest bounding-box side, px
+    gap: int = GAP  # minimum empty px between two objects' bounding boxes
+
+    def validate(self) -> None:
+        """Raises ``ValueError`` unless ``MAX_OBJECTS`` objects of ``max_size`` fit as a 2x2 grid."""
+        if not 3 <= self.min_size <= self.max_size or self.gap < 1:
+            raise ValueError(f"object sizes need 3 <= min <= max and gap >= 1; got {self}")
+        if 2 * self.max_size + self.gap > IMAGE_SIZE:
+            raise ValueError(
+                f"four objects of {self.max_size} px with a {self.gap} px gap do not fit a {IMAGE_SIZE} px image "
+                f"(need 2 * max_size + gap <= {IMAGE_SIZE})"
+            )
+
+
+SHIPPED_GEOMETRY = Geometry()
+
+
+@dataclasses.dataclass(frozen=True)
 class ShapeObject:
     """One object of an image: kind, colour and bounding box (``row0, col0``, side ``size``)."""
 
@@ -89,7 +114,7 @@ class ShapeObject:
     colour: str  # one of COLOUR_NAMES
     row0: int  # top row of the bounding box
     col0: int  # left column of the bounding box
-    size: int  # bounding-box side, px (MIN_SIZE..MAX_SIZE)
+    size: int  # bounding-box side, px (Geometry.min_size..max_size)
 
     @property
     def centre(self) -> tuple[float, float]:
@@ -180,14 +205,16 @@ def shape_mask(shape: str, size: int) -> np.ndarray:
     return np.abs(c)[None, :] <= half_width[:, None]
 
 
-_MASKS = {(s, n): shape_mask(s, n) for s in SHAPES for n in range(MIN_SIZE, MAX_SIZE + 1)}
+@functools.cache
+def _mask(shape: str, size: int) -> np.ndarray:
+    return shape_mask(shape, size)
 
 
 def render(objects: list[ShapeObject]) -> np.ndarray:
     """Draws objects on black: ``[32, 32, 3]`` float32 in ``{0, 1}``."""
     image = np.zeros((IMAGE_SIZE, IMAGE_SIZE, 3), dtype=np.float32)
     for o in objects:
-        mask = _MASKS[(o.shape, o.size)]
+        mask = _mask(o.shape, o.size)
         region = image[o.row0 : o.row0 + o.size, o.col0 : o.col0 + o.size]
         region[mask] = COLOURS[o.colour]
     return image
@@ -205,13 +232,13 @@ def _sample_kind(rng: np.random.Generator) -> tuple[str, str]:
     return _sample_colour(rng, shape), shape
 
 
-def _separated(a: ShapeObject, b: ShapeObject) -> bool:
-    """True when the bounding boxes keep at least GAP empty px between them (on some axis)."""
+def _separated(a: ShapeObject, b: ShapeObject, gap: int = GAP) -> bool:
+    """True when the bounding boxes keep at least ``gap`` empty px between them (on some axis)."""
     return (
-        a.col0 + a.size + GAP <= b.col0
-        or b.col0 + b.size + GAP <= a.col0
-        or a.row0 + a.size + GAP <= b.row0
-        or b.row0 + b.size + GAP <= a.row0
+        a.col0 + a.size + gap <= b.col0
+        or b.col0 + b.size + gap <= a.col0
+        or a.row0 + a.size + gap <= b.row0
+        or b.row0 + b.size + gap <= a.row0
     )
 
 
@@ -242,56 +269,66 @@ def relation_holds(
     raise ValueError(f"unknown relation {relation!r}; valid relations: {', '.join(RELATIONS)}")
 
 
-def _place(rng: np.random.Generator, kinds: list[tuple[str, str]], ok=None, tries: int = 200):
+def _place(
+    rng: np.random.Generator,
+    kinds: list[tuple[str, str]],
+    ok=None,
+    tries: int = 200,
+    geometry: Geometry = SHIPPED_GEOMETRY,
+):
     """Random non-overlapping placement of ``kinds``; ``ok(objects)`` is an extra constraint."""
+    g = geometry
     for _ in range(tries):
         objects: list[ShapeObject] = []
         for colour, shape in kinds:
-            size = int(rng.integers(MIN_SIZE, MAX_SIZE + 1))
+            size = int(rng.integers(g.min_size, g.max_size + 1))
             for _ in range(50):
                 row0 = int(rng.integers(0, IMAGE_SIZE - size + 1))
                 col0 = int(rng.integers(0, IMAGE_SIZE - size + 1))
                 o = ShapeObject(shape, colour, row0, col0, size)
-                if all(_separated(o, p) for p in objects):
+                if all(_separated(o, p, g.gap) for p in objects):
                     objects.append(o)
                     break
             else:
                 break
         if len(objects) == len(kinds) and (ok is None or ok(objects)):
             return objects
-    raise RuntimeError(f"could not place {kinds} after {tries} tries")  # never seen with the world's sizes
+    raise RuntimeError(f"could not place {kinds} with {g} after {tries} tries")  # not seen with the shipped one
 
 
-def sample_scene(rng: np.random.Generator) -> tuple[list[ShapeObject], Caption]:
+def sample_scene(rng: np.random.Generator, geometry: Geometry = SHIPPED_GEOMETRY) -> tuple[list[ShapeObject], Caption]:
     """One random scene with the training bias and a truthful caption (see the module docstring)."""
+    place = functools.partial(_place, geometry=geometry)
     counts = list(COUNT_PROBS)
     n = counts[int(rng.choice(len(counts), p=list(COUNT_PROBS.values())))]
     if n == 1:
         colour, shape = _sample_kind(rng)
         if rng.random() < PLAIN_PROB:
-            return _place(rng, [(colour, shape)]), Caption("plain", colour, shape)
+            return place(rng, [(colour, shape)]), Caption("plain", colour, shape)
         position = POSITIONS[rng.integers(len(POSITIONS))]
-        objects = _place(rng, [(colour, shape)], ok=lambda objs: _position_ok(objs[0], position))
+        objects = place(rng, [(colour, shape)], ok=lambda objs: _position_ok(objs[0], position))
         return objects, Caption("position", colour, shape, position=position)
     if n >= 3 or rng.random() < SAME_KIND_PROB:
         colour, shape = _sample_kind(rng)
-        return _place(rng, [(colour, shape)] * n), Caption("count", colour, shape, count=n)
+        return place(rng, [(colour, shape)] * n), Caption("count", colour, shape, count=n)
     first = _sample_kind(rng)
     second = _sample_kind(rng)
     while second == first:
         second = _sample_kind(rng)
     relation = RELATIONS[rng.integers(len(RELATIONS))]
-    objects = _place(rng, [first, second], ok=lambda objs: relation_holds(objs[0], objs[1], relation, MARGIN))
+    objects = place(rng, [first, second], ok=lambda objs: relation_holds(objs[0], objs[1], relation, MARGIN))
     caption = Caption("relation", first[0], first[1], relation=relation, colour2=second[0], shape2=second[1])
     return objects, caption
 
 
-def sample_batch(rng: np.random.Generator, batch: int) -> tuple[np.ndarray, list[str]]:
+def sample_batch(
+    rng: np.random.Generator, batch: int, geometry: Geometry = SHIPPED_GEOMETRY
+) -> tuple[np.ndarray, list[str]]:
     """``batch`` random scenes: images ``[B, 32, 32, 3]`` float32 in ``{0, 1}`` and their captions."""
     images = np.zeros((batch, IMAGE_SIZE, IMAGE_SIZE, 3), dtype=np.float32)
     captions = []
     for i in range(batch):
-        objects, caption = sample_scene(rng)
+        objects, caption = sample_scene(rng, geometry)
         images[i] = render(objects)
         captions.append(caption.text())
     return images, captions
