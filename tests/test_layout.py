@@ -33,6 +33,7 @@ LAYERS = {
     "find_jax.evaluate": 3,
     "find_jax.evaluate_shapes": 3,
     "find_jax.shapes_quality": 3,
+    "find_jax.shapes_sampler": 3,
     "find_jax.export": 3,
     "find_jax.report": 3,
     "find_jax.progress": 3,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 
 import jax
@@ -73,6 +74,43 @@ def test_one_step_sample_is_cfg_ddim_by_hand(loaded):
     prev = np.sqrt(ap) * x0 + np.sqrt(1 - ap) * eps
     want = np.clip(np.asarray(depth_to_space(jnp.asarray(prev[:, :12]), 2)) / 2 + 0.5, 0, 1)
     np.testing.assert_allclose(got, want, atol=2e-4)
+
+    traced = quality.Sampler(loaded, steps=1, guidance=3.0, chunk=2, trace=True)
+    got2, x0s = traced(x, "a red circle")
+    np.testing.assert_allclose(got2, got, atol=1e-5)  # tracing does not change the sample
+    want_x0 = np.clip(np.asarray(depth_to_space(jnp.asarray(x0[:, :12]), 2)) / 2 + 0.5, 0, 1)
+    assert x0s.shape == (1, 2, 32, 32, 3)
+    np.testing.assert_allclose(x0s[0], want_x0, atol=2e-4)  # the step's x0 prediction, decoded
+
+
+def test_probe_commit_traces_every_step(tiny_dir, tmp_path, capsys):
+    probe = load_script("probe_commit")
+    out = tmp_path / "commit.json"
+    probe.main(
+        [
+            "--model",
+            tiny_dir,
+            "--n",
+            "3",
+            "--prompt",
+            "a red circle",
+            "--prompt",
+            "two blue squares",
+            "--json",
+            str(out),
+        ]
+    )
+    res = json.loads(out.read_text())
+    steps = len(res["timesteps"])
+    assert res["timesteps"] == sorted(res["timesteps"], reverse=True) and steps > 1
+    r = res["prompts"]["a red circle"]
+    assert len(r["settled"]) == len(r["split"]) == steps and 0.0 <= r["exact"] <= 1.0
+    assert all(0.0 <= v <= 1.0 for v in r["settled"]) and r["flips"] == len(r["pairs"])
+    assert "two blue squares" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        probe.main(["--model", tiny_dir, "--prompt", "a purple circle"])
+    with pytest.raises(SystemExit):
+        probe.main(["--model", tiny_dir, "--n", "0"])
 
 
 def test_sampler_is_deterministic_and_chunked(loaded):

@@ -83,6 +83,19 @@ def ddim_schedule(scheduler_config: dict[str, Any], steps: int) -> DdimSchedule:
     return DdimSchedule(ts.astype(np.int32), alpha, alpha_prev, pred, clip)
 
 
+def predict_x0_eps(
+    x: jax.Array, model_out: jax.Array, alpha: jax.Array, prediction_type: str = "epsilon"
+) -> tuple[jax.Array, jax.Array]:
+    """``(x0_hat, eps_hat)`` of ``x_t`` (``[B, C, ...]``) from the model output (Eq. 3's x0 prediction)."""
+    beta = 1.0 - alpha
+    if prediction_type == "epsilon":
+        return (x - jnp.sqrt(beta) * model_out) / jnp.sqrt(alpha), model_out
+    if prediction_type == "v_prediction":
+        return jnp.sqrt(alpha) * x - jnp.sqrt(beta) * model_out, jnp.sqrt(alpha) * model_out + jnp.sqrt(beta) * x
+    x0 = model_out  # "sample"
+    return x0, (x - jnp.sqrt(alpha) * x0) / jnp.sqrt(beta)
+
+
 def ddim_step(
     x: jax.Array,
     model_out: jax.Array,
@@ -96,15 +109,7 @@ def ddim_step(
 ) -> jax.Array:
     """One DDIM update ``x_t -> x_{t-1}`` (Eq. 3). Arrays ``[B, C, ...]`` (any rank) except the scalar alphas."""
     beta = 1.0 - alpha
-    if prediction_type == "epsilon":
-        x0 = (x - jnp.sqrt(beta) * model_out) / jnp.sqrt(alpha)
-        eps = model_out
-    elif prediction_type == "v_prediction":
-        x0 = jnp.sqrt(alpha) * x - jnp.sqrt(beta) * model_out
-        eps = jnp.sqrt(alpha) * model_out + jnp.sqrt(beta) * x
-    else:  # "sample"
-        x0 = model_out
-        eps = (x - jnp.sqrt(alpha) * x0) / jnp.sqrt(beta)
+    x0, eps = predict_x0_eps(x, model_out, alpha, prediction_type)
     if clip_sample is not None:
         x0 = jnp.clip(x0, -clip_sample, clip_sample)
     var = (1.0 - alpha_prev) / beta * (1.0 - alpha / alpha_prev)
