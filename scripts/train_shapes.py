@@ -71,6 +71,12 @@ def main(argv: list[str] | None = None) -> None:
     )
     p.add_argument("--layers-per-block", type=int, default=None, help="resnets per UNet block (shipped: 1)")
     p.add_argument(
+        "--attention-levels",
+        type=int,
+        default=1,
+        help="UNet levels with cross-attention, counted from the lowest resolution (shipped: 1, at 8x8)",
+    )
+    p.add_argument(
         "--object-sizes",
         default=None,
         metavar="MIN,MAX",
@@ -96,7 +102,13 @@ def main(argv: list[str] | None = None) -> None:
                 f"--channels needs multiples of 32 (one per UNet level; diffusers' Flax GroupNorm uses 32 "
                 f"groups); got {a.channels!r}"
             )
-        model_cfg = shapes_model.with_levels(model_cfg, channels)
+    else:
+        channels = model_cfg.block_out_channels
+    if a.channels or a.attention_levels != 1:
+        try:
+            model_cfg = shapes_model.with_levels(model_cfg, channels, a.attention_levels)
+        except ValueError as e:
+            p.error(f"--attention-levels: {e}")
     if a.layers_per_block is not None:
         if a.layers_per_block < 1:
             p.error(f"--layers-per-block must be >= 1; got {a.layers_per_block}")

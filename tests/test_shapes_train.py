@@ -111,6 +111,10 @@ def test_a_full_resolution_model_trains_exports_and_loads(tmp_path):
     three = shapes_model.with_levels(shapes_model.tiny_config(), (32, 64, 128))
     assert three.down_block_types == ("DownBlock2D", "DownBlock2D", "CrossAttnDownBlock2D")
     assert three.up_block_types == ("CrossAttnUpBlock2D", "UpBlock2D", "UpBlock2D")
+    both = shapes_model.with_levels(shapes_model.tiny_config(), (32, 64), attention_levels=2)
+    assert both.down_block_types == ("CrossAttnDownBlock2D",) * 2 and both.up_block_types == ("CrossAttnUpBlock2D",) * 2
+    with pytest.raises(ValueError, match="attention_levels"):
+        shapes_model.with_levels(shapes_model.tiny_config(), (32, 64), attention_levels=3)
     cfg = shapes_model.with_levels(dataclasses.replace(shapes_model.tiny_config(), factor=1), (32, 32))
     images = np.asarray(jax.random.uniform(jax.random.PRNGKey(0), (2, 32, 32, 3)))
     x0 = np.asarray(shapes_model.image_latents(cfg, images))
@@ -324,6 +328,8 @@ def test_train_script_architecture_flags_are_checked(tmp_path):
         ["--object-sizes", "10,x"],
         ["--object-sizes", "10,16"],
         ["--object-gap", "0"],
+        ["--attention-levels", "3"],
+        ["--attention-levels", "0"],
     ):
         with pytest.raises(SystemExit):
             script.main(base + bad)

@@ -83,8 +83,9 @@ class ShapesModelConfig:
         return world.IMAGE_SIZE // self.factor
 
 
-def with_levels(cfg: ShapesModelConfig, channels: tuple[int, ...]) -> ShapesModelConfig:
-    """``cfg`` with one UNet level per entry of ``channels``, cross-attention at the lowest resolution only.
+def with_levels(cfg: ShapesModelConfig, channels: tuple[int, ...], attention_levels: int = 1) -> ShapesModelConfig:
+    """``cfg`` with one UNet level per entry of ``channels``, cross-attention at the ``attention_levels`` lowest
+    resolutions (default: the lowest only).
 
     Two levels give the shipped layout (``DownBlock2D``, ``CrossAttnDownBlock2D``); three add a plain level on
     top (for ``factor=1``: 32x32 and 16x16 plain, attention at 8x8, as in the shipped model).
@@ -92,8 +93,11 @@ def with_levels(cfg: ShapesModelConfig, channels: tuple[int, ...]) -> ShapesMode
     n = len(channels)
     if n < 1:
         raise ValueError("a UNet needs at least one level")
-    down = ("DownBlock2D",) * (n - 1) + ("CrossAttnDownBlock2D",)
-    up = ("CrossAttnUpBlock2D",) + ("UpBlock2D",) * (n - 1)
+    if not 1 <= attention_levels <= n:
+        raise ValueError(f"attention_levels must be in [1, {n}] for {n} UNet levels; got {attention_levels}")
+    plain, attn = n - attention_levels, attention_levels
+    down = ("DownBlock2D",) * plain + ("CrossAttnDownBlock2D",) * attn
+    up = ("CrossAttnUpBlock2D",) * attn + ("UpBlock2D",) * plain
     return dataclasses.replace(cfg, block_out_channels=tuple(channels), down_block_types=down, up_block_types=up)
 
 
