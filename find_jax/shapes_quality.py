@@ -27,7 +27,7 @@ import numpy as np
 
 from find_jax.envs.image.shapes import world
 from find_jax.evaluate_shapes import TUNING, TUNING_COMMON  # the tuning prompts, defined once
-from find_jax.shapes_sampler import DEFAULT_MODEL_DIR, LoadedShapesModel, Sampler, load_shapes_model  # noqa: F401
+from find_jax.shapes_sampler import DEFAULT_MODEL_DIR, Sampler, load_shapes_model  # noqa: F401 (re-exported)
 from find_jax.stats import wilson
 from reward_models import shapes as scorer
 

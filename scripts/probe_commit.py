@@ -30,8 +30,8 @@ from reward_models import shapes as scorer
 
 
 def exact(images: np.ndarray, prompt: str) -> np.ndarray:
-    """``[N, 32, 32, 3]`` -> ``[N]`` bool exact labels (values clipped to the image range first)."""
-    return np.array([r.exact for r in scorer.score_batch(np.clip(images, 0.0, 1.0), [prompt] * len(images))])
+    """``[N, 32, 32, 3]`` in ``[0, 1]`` -> ``[N]`` bool exact labels."""
+    return np.array([r.exact for r in scorer.score_batch(images, [prompt] * len(images))])
 
 
 def probe_prompt(sampler: quality.Sampler, prompt: str, *, n: int, seed: int, index: int) -> dict:

@@ -46,7 +46,6 @@ IMAGE_SIZE = 32  # images are IMAGE_SIZE x IMAGE_SIZE x 3
 MIN_SIZE = 7  # smallest bounding-box side of an object, px
 MAX_SIZE = 12  # largest bounding-box side of an object, px
 GAP = 2  # minimum empty px between two objects' bounding boxes
-MAX_OBJECTS = 4  # most objects in one image (COUNT_PROBS)
 MARGIN = 1.0  # minimum px distance of a centre from the midline / from the other centre, in the generator
 
 COLOURS: dict[str, tuple[float, float, float]] = {
@@ -93,7 +92,7 @@ class Geometry:
     gap: int = GAP  # minimum empty px between two objects' bounding boxes
 
     def validate(self) -> None:
-        """Raises ``ValueError`` unless ``MAX_OBJECTS`` objects of ``max_size`` fit as a 2x2 grid."""
+        """Raises ``ValueError`` unless four objects (the most, ``COUNT_PROBS``) of ``max_size`` fit as a 2x2 grid."""
         if not 3 <= self.min_size <= self.max_size or self.gap < 1:
             raise ValueError(f"object sizes need 3 <= min <= max and gap >= 1; got {self}")
         if 2 * self.max_size + self.gap > IMAGE_SIZE:
