@@ -5,7 +5,9 @@ DESIGN.md §11), with the model's own sampler settings (DDIM, ``find_defaults.js
 
 (a) **label stability**: the share of draws whose exact label (aligned or not) is unchanged when
     ``x_T -> (x_T + s z) / sqrt(1 + s^2)`` with ``s = 0.1`` (a nearby x_T of the same prior), with each flip's
-    cause (:func:`flip_cause`: the object count, the colours, the shapes or only the layout changed);
+    cause (:func:`flip_cause`: the object count, the colours, the shapes or only the layout changed), and its
+    ceiling: a prompt aligned on a share p of x_T is at most ``stats.halfspace_stability(p, s)`` stable under
+    any model (Borell: half-spaces of x_T are the most noise-stable sets; 0.972 at p = 0.3, 0.968 at p = 0.5);
 (b) **threshold margins**: the share of found objects whose scorer features lie within 10% of a threshold
     (pixel colour: the nearest palette colour's distance within 10% of the second nearest, over the object's
     pixels; shape: vertical skewness within ``0.1 * |TRIANGLE_SKEW|`` of it, kurtosis gap within
@@ -28,7 +30,7 @@ import numpy as np
 from find_jax.envs.image.shapes import world
 from find_jax.evaluate_shapes import TUNING, TUNING_COMMON  # the tuning prompts, defined once
 from find_jax.shapes_sampler import DEFAULT_MODEL_DIR, Sampler, load_shapes_model  # noqa: F401 (re-exported)
-from find_jax.stats import wilson
+from find_jax.stats import halfspace_stability, wilson
 from reward_models import shapes as scorer
 
 NEAR = 0.1  # "near a threshold": within 10% of it
@@ -114,6 +116,7 @@ def measure_prompts(sampler: Sampler, prompts: Sequence[str], *, n: int, seed: i
             ],
             "near": near,
             "pixel_diff": float(np.mean(np.abs(imgs - imgs2))),
+            "s": s,
             # [F, 2, 32, 32, 3]: each flipped draw's image and its perturbed image (for a look, not for JSON)
             "flip_images": np.stack([imgs, imgs2], 1)[np.asarray(flipped, bool)],
         }
@@ -135,8 +138,12 @@ def summarise(rare: dict[str, Any], common: dict[str, Any]) -> dict[str, Any]:
     """Pools :func:`measure_prompts` results into the four figures (each a Wilson proportion)."""
     both = {**rare, **common}
     near = [d for v in both.values() for d in v["near"]]
+    # Borell's ceiling of each prompt's stability at its own exact share (stats.halfspace_stability)
+    ceiling = {p: halfspace_stability(float(np.mean(v["exact"])), v["s"]) for p, v in both.items()}
+    weights = [len(v["stable"]) for v in both.values()]
     out = {
         "stability": proportion([f for v in both.values() for f in v["stable"]]),
+        "stability_ceiling": float(np.average(list(ceiling.values()), weights=weights)),
         "near": {k: proportion([d[k] for d in near]) for k in ("colour", "triangle", "square", "size")},
         "near_any": proportion([any(d.values()) for d in near]),
         "common_exact": proportion([f for v in common.values() for f in v["exact"]]),
@@ -144,7 +151,8 @@ def summarise(rare: dict[str, Any], common: dict[str, Any]) -> dict[str, Any]:
         "pixel_diff": float(np.mean([v["pixel_diff"] for v in both.values()])),
         "flip_causes": {c: sum(v["flips"].count(c) for v in both.values()) for c in FLIP_CAUSES},
         "per_prompt": {
-            p: {"exact": float(np.mean(v["exact"])), "stable": float(np.mean(v["stable"]))} for p, v in both.items()
+            p: {"exact": float(np.mean(v["exact"])), "stable": float(np.mean(v["stable"])), "ceiling": ceiling[p]}
+            for p, v in both.items()
         },
     }
     return out
@@ -183,6 +191,7 @@ def format_report(res: dict[str, Any]) -> str:
     lines = [
         f"model {res['model_dir']}: {res['steps']} DDIM steps, CFG {res['guidance']}, {res['n']} x_T per prompt",
         f"(a) label stability, s=0.1:   {f(res['stability'])}   (target >= 0.97)",
+        f"    ceiling at these exact shares (half-spaces, Borell): {res['stability_ceiling']:.3f}",
         f"    mean |pixel difference| under the perturbation: {res['pixel_diff']:.4f}",
         "    flips by cause: " + ", ".join(f"{k} {v}" for k, v in res["flip_causes"].items()),
         f"(b) objects near a threshold: {f(res['near_any'])}",
@@ -192,7 +201,10 @@ def format_report(res: dict[str, Any]) -> str:
         f"(c) common exact:             {f(res['common_exact'])}   (target >= 0.90)",
         f"(d) rare exact:               {f(res['rare_exact'])}   (target <= 0.30)",
     ]
-    lines += [f"    {p}: exact {v['exact']:.2f}, stable {v['stable']:.2f}" for p, v in res["per_prompt"].items()]
+    lines += [
+        f"    {p}: exact {v['exact']:.2f}, stable {v['stable']:.2f} (ceiling {v['ceiling']:.3f})"
+        for p, v in res["per_prompt"].items()
+    ]
     return "\n".join(lines)
 
 

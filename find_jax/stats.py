@@ -1,5 +1,6 @@
 """Confidence intervals, the one place they are computed: 95% Student-t intervals of means, Wilson intervals of
-proportions (evaluation tables, the shapes study)."""
+proportions (evaluation tables, the shapes study); and the Gaussian noise-stability ceiling of a binary label
+(:func:`halfspace_stability`, the shapes study's reference for label stability)."""
 
 from __future__ import annotations
 
@@ -59,4 +60,31 @@ def mean_ci_tuple(values: Sequence[float]) -> tuple[float, float, float]:
     return tuple(nan if r[k] is None else float(r[k]) for k in ("mean", "lo", "hi"))  # type: ignore[return-value]
 
 
-__all__ = ["mean_ci", "mean_ci_tuple", "t_quantile_975", "wilson"]
+def halfspace_stability(p: float, s: float) -> float:
+    """The most stable a yes/no label of x_T can be: ``max P(label(x) == label(x'))`` over all sets of measure
+    ``p``, where ``x ~ N(0, I)`` (any dimension) and ``x' = (x + s z) / sqrt(1 + s^2)``, ``z ~ N(0, I)``.
+
+    Borell's noise-stability theorem: half-spaces maximise it. With ``rho = 1 / sqrt(1 + s^2)`` (the correlation
+    of x and x' along every direction) and ``t = Phi^-1(p)`` it is ``1 - 2 P(X <= t < Y)`` for a standard
+    bivariate normal (X, Y) of correlation rho; ``P(X <= t < Y) = int_{-inf}^t phi(x) Phi((rho x - t) /
+    sqrt(1 - rho^2)) dx`` (numerical quadrature). ``p = 1/2`` gives ``1 - arccos(rho) / pi``; ``p`` in {0, 1}
+    gives 1. So a prompt aligned on a share p of x_T cannot have label stability above this, whatever the model.
+    """
+    if not 0.0 <= p <= 1.0 or s < 0:
+        raise ValueError(f"need 0 <= p <= 1 and s >= 0; got p={p}, s={s}")
+    if p in (0.0, 1.0) or s == 0:
+        return 1.0
+    from scipy import integrate, special
+
+    rho = 1.0 / math.sqrt(1.0 + s * s)
+    t = float(special.ndtri(p))
+    sd = math.sqrt(1.0 - rho * rho)
+
+    def f(x):
+        return math.exp(-0.5 * x * x) / math.sqrt(2 * math.pi) * float(special.ndtr((rho * x - t) / sd))
+
+    cross, _ = integrate.quad(f, -math.inf, t, epsabs=1e-12)
+    return 1.0 - 2.0 * cross
+
+
+__all__ = ["halfspace_stability", "mean_ci", "mean_ci_tuple", "t_quantile_975", "wilson"]

@@ -53,6 +53,28 @@ def test_perturb_keeps_the_prior():
     np.testing.assert_array_equal(quality.perturb(x, z, 0.0), x)
 
 
+def test_halfspace_stability_is_the_closed_form_and_a_half_space_by_monte_carlo():
+    from find_jax.stats import halfspace_stability
+
+    rho = 1 / np.sqrt(1.01)
+    assert halfspace_stability(0.5, 0.1) == pytest.approx(1 - np.arccos(rho) / np.pi, abs=1e-9)  # Sheppard
+    assert halfspace_stability(0.3, 0.1) == pytest.approx(halfspace_stability(0.7, 0.1), abs=1e-9)  # symmetric
+    assert halfspace_stability(0.0, 0.1) == halfspace_stability(1.0, 0.1) == halfspace_stability(0.3, 0.0) == 1.0
+    assert halfspace_stability(0.3, 0.1) > halfspace_stability(0.3, 0.2)  # larger moves flip more
+    assert halfspace_stability(0.05, 0.1) > halfspace_stability(0.3, 0.1) > halfspace_stability(0.5, 0.1)
+    rng = np.random.default_rng(0)
+    x, z = rng.standard_normal((2, 400_000, 8))
+    y = quality.perturb(x, z, 0.1)
+    t = -0.5244  # Phi(t) = 0.3: the half-space {x_0 < t}, in 8 dimensions
+    mc = np.mean((x[:, 0] < t) == (y[:, 0] < t))
+    assert mc == pytest.approx(halfspace_stability(0.3, 0.1), abs=1.5e-3)
+    # a set of about the same measure that is not a half-space is less stable (Borell): a diamond in 2 directions
+    diamond, diamond_y = (np.abs(v[:, 0]) + np.abs(v[:, 1]) < 0.6 for v in (x, y))
+    assert np.mean(diamond == diamond_y) < halfspace_stability(float(diamond.mean()), 0.1) - 0.01
+    with pytest.raises(ValueError, match="0 <= p <= 1"):
+        halfspace_stability(1.5, 0.1)
+
+
 def test_one_step_sample_is_cfg_ddim_by_hand(loaded):
     """Steps=1: x0 from the guided v-prediction at t=1, stepped to abar_0 (unconditional first in the batch)."""
     sampler = quality.Sampler(loaded, steps=1, guidance=3.0, chunk=2)
@@ -152,6 +174,7 @@ def test_measure_prompts_counts_and_zero_perturbation_is_stable(loaded):
         {"a white circle": res["a white circle"]}, {"two blue squares": res["two blue squares"]}
     )
     assert summary["stability"]["n"] == 4 and summary["stability"]["value"] == 1.0
+    assert summary["stability_ceiling"] == 1.0  # s = 0: nothing can flip
     assert summary["rare_exact"]["n"] == 2 and summary["common_exact"]["n"] == 2
     assert summary["flip_causes"] == dict.fromkeys(quality.FLIP_CAUSES, 0)  # nothing flipped
     assert all(v["flip_images"].shape == (0, 2, 32, 32, 3) for v in res.values())
@@ -159,6 +182,21 @@ def test_measure_prompts_counts_and_zero_perturbation_is_stable(loaded):
     assert len(moved["flip_images"]) == len(moved["flips"]) == moved["stable"].count(False)
     flipped = {"a white circle": {**res["a white circle"], "flips": ["count", "shape", "count"]}}
     assert quality.summarise(flipped, {})["flip_causes"] == {"count": 2, "colour": 0, "shape": 1, "layout": 0}
+
+
+def test_summary_reports_each_prompts_stability_ceiling():
+    def result(exact, stable):
+        return {"exact": exact, "stable": stable, "flips": [], "near": [], "pixel_diff": 0.0, "s": 0.1}
+
+    rare = {"a white circle": result([True, False] * 4, [True] * 7 + [False])}  # exact 0.5
+    common = {"two blue squares": result([True] * 8, [True] * 8)}  # exact 1.0: nothing to flip
+    summary = quality.summarise(rare, common)
+    half = 1 - np.arccos(1 / np.sqrt(1.01)) / np.pi
+    assert summary["per_prompt"]["a white circle"]["ceiling"] == pytest.approx(half)
+    assert summary["per_prompt"]["two blue squares"]["ceiling"] == 1.0
+    assert summary["stability_ceiling"] == pytest.approx((half + 1) / 2)
+    assert summary["stability"]["value"] == 15 / 16
+    assert "(ceiling 0.968)" in quality.format_report({**summary, "model_dir": "m", "steps": 2, "guidance": 2, "n": 8})
 
 
 def test_flipped_pairs_are_written_side_by_side(tmp_path):
@@ -194,7 +232,8 @@ def test_script_prints_the_four_figures(tiny_dir, capsys, tmp_path):
         ["--model", tiny_dir, "--n", "1", "--steps", "2", "--json", str(out), "--flips", str(tmp_path / "f.png")]
     )
     text = capsys.readouterr().out
-    for tag in ("(a) label stability", "flips by cause", "(b) objects near", "(c) common exact", "(d) rare exact"):
+    tags = ("(a) label stability", "ceiling at these exact shares", "flips by cause", "(b) objects near")
+    for tag in (*tags, "(c) common exact", "(d) rare exact"):
         assert tag in text
     assert out.exists()
     script.main(["--model", tiny_dir, "--n", "1", "--steps", "2", "--no-quality", "--controls", "--n-search", "2"])
