@@ -84,6 +84,12 @@ def main(argv: list[str] | None = None) -> None:
     )
     p.add_argument("--object-gap", type=int, default=d.world.gap, help="min px between two objects' boxes")
     p.add_argument(
+        "--dominant-prob",
+        type=float,
+        default=d.world.dominant_prob,
+        help=f"probability that a shape has its dominant colour (shipped: {d.world.dominant_prob})",
+    )
+    p.add_argument(
         "--max-minutes",
         type=float,
         default=None,
@@ -121,11 +127,11 @@ def main(argv: list[str] | None = None) -> None:
             p.error(f"--object-sizes must be MIN,MAX in px; got {a.object_sizes!r}")
         if len(sizes) != 2:
             p.error(f"--object-sizes must be MIN,MAX in px; got {a.object_sizes!r}")
-    geometry = world.Geometry(sizes[0], sizes[1], a.object_gap)
+    geometry = world.Geometry(sizes[0], sizes[1], a.object_gap, a.dominant_prob)
     try:
         geometry.validate()
     except ValueError as e:
-        p.error(f"--object-sizes / --object-gap: {e}")
+        p.error(f"--object-sizes / --object-gap / --dominant-prob: {e}")
     if a.max_minutes is not None and a.max_minutes <= 0:
         p.error(f"--max-minutes must be > 0; got {a.max_minutes}")
     config = dataclasses.replace(

@@ -95,6 +95,22 @@ def test_a_geometry_that_cannot_hold_four_objects_is_refused(bad):
         world.Geometry(*bad).validate()
 
 
+def test_dominant_prob_sets_the_colour_bias():
+    def rare_share(g, n=6000):
+        rng = np.random.default_rng(3)
+        objs = [world.sample_scene(rng, g)[0][0] for _ in range(n)]  # one fresh colour draw per scene
+        return np.mean([o.colour != world.DOMINANT_COLOUR[o.shape] for o in objs]), len(objs)
+
+    shipped, n0 = rare_share(world.Geometry())
+    strong, n1 = rare_share(world.Geometry(dominant_prob=0.99))
+    # The first object of a scene is one colour draw: its rare share is 1 - dominant_prob (binomial, +-4 sd).
+    assert abs(shipped - 0.10) < 4 * np.sqrt(0.09 / n0)
+    assert abs(strong - 0.01) < 4 * np.sqrt(0.0099 / n1)
+    for bad in (1.0, 0.1, float("nan")):
+        with pytest.raises(ValueError, match="dominant_prob"):
+            world.Geometry(dominant_prob=bad).validate()
+
+
 def test_captions_are_truthful_and_parse(scenes):
     kinds = Counter()
     for objects, caption in scenes:

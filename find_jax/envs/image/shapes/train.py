@@ -234,10 +234,10 @@ def init_state(model: shapes_model.ShapesModel, config: TrainConfig, rng_init: j
     )
 
 
-def _bias_record() -> dict[str, Any]:
+def _bias_record(geometry: world.Geometry) -> dict[str, Any]:
     return {
         "dominant_colour": world.DOMINANT_COLOUR,
-        "dominant_prob": world.DOMINANT_PROB,
+        "dominant_prob": geometry.dominant_prob,
         "count_probs": {str(k): v for k, v in world.COUNT_PROBS.items()},
         "plain_prob": world.PLAIN_PROB,
         "same_kind_prob": world.SAME_KIND_PROB,
@@ -337,7 +337,7 @@ def train(
             "final_loss": last_loss,
             "seed": config.seed,
             "batch": config.batch,
-            "data_bias": _bias_record(),
+            "data_bias": _bias_record(config.world),
             "wall_time_s": wall0 + time.time() - t_seg,
             "ema_decay": config.ema_decay,
             "exported_params": "ema",
