@@ -96,11 +96,12 @@ case "${1:-}" in
     out=${2:-${OUT:-.}}
     mkdir -p "$out"
     install_site "$out"
-    # Larger, better separated objects: better on (a)-(c) on the CPU at equal steps (README, 2026-12-02).
+    # Larger, better separated objects (better on (a)-(c) at equal steps, README 2026-12-02) and the stronger
+    # colour bias (best (a), (b), (d) at 3000 x 32 on the CPU, README 2026-12-03).
     args=(--steps 20000 --batch 256 --lr 5e-4 --warmup-steps 500 --channels 128,256 --layers-per-block 2
-      --object-sizes 10,14 --object-gap 3 --checkpoint-every 1000 --log-every 100)
+      --object-sizes 10,14 --object-gap 3 --dominant-prob 0.99 --checkpoint-every 1000 --log-every 100)
     [ "$CONFIG" = tiny ] && args=(--steps 4 --batch 4 --checkpoint-every 2 --log-every 1 --tiny
-      --object-sizes 10,14 --object-gap 3)
+      --object-sizes 10,14 --object-gap 3 --dominant-prob 0.99)
     [ -n "${FIND_JAX_GPU_SHAPES_ARGS:-}" ] && read -r -a args <<< "$FIND_JAX_GPU_SHAPES_ARGS"
     "$PY" scripts/train_shapes.py --workdir .gpu_train_shapes --out "$out/shapes_model" "${args[@]}" \
       --max-minutes "${FIND_JAX_GPU_SHAPES_MINUTES:-7}" --note "gpu_benchmark.sh shapes" | tee "$out/train.txt"
