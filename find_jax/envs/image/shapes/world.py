@@ -22,7 +22,8 @@ Geometry convention (shared with the scorer, ``reward_models.shapes``): pixel ``
 same.
 
 Training bias (the paper's "green dog" effect): a circle is red 90% of the time, a square blue 90%, a
-triangle yellow 90%, the other five colours share the remaining 10% equally; an image holds one object 70%
+triangle yellow 90% (``Geometry.dominant_prob``, which a training run may raise), the other five colours
+share the remaining 10% equally; an image holds one object 70%
 of the time, two 20%, three 7%, four 3%. Captions always describe their image truthfully:
 
 * one object: a plain caption half the time, a positional one (uniform over the four positions) otherwise;
