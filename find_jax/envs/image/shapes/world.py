@@ -22,9 +22,9 @@ Geometry convention (shared with the scorer, ``reward_models.shapes``): pixel ``
 same.
 
 Training bias (the paper's "green dog" effect): a circle is red 90% of the time, a square blue 90%, a
-triangle yellow 90% (``Geometry.dominant_prob``, which a training run may raise), the other five colours
-share the remaining 10% equally; an image holds one object 70%
-of the time, two 20%, three 7%, four 3%. Captions always describe their image truthfully:
+triangle yellow 90% (``Geometry.dominant_prob``, which a training run may set), the other five colours share
+the remaining 10% equally; an image holds one object 70% of the time, two 20%, three 7%, four 3%. Captions
+always describe their image truthfully:
 
 * one object: a plain caption half the time, a positional one (uniform over the four positions) otherwise;
   a positional caption places the object's centre in the named half (with margin);
@@ -229,14 +229,14 @@ def render(objects: list[ShapeObject]) -> np.ndarray:
     return image
 
 
-def _sample_colour(rng: np.random.Generator, shape: str, dominant_prob: float = DOMINANT_PROB) -> str:
+def _sample_colour(rng: np.random.Generator, shape: str, dominant_prob: float) -> str:
     if rng.random() < dominant_prob:
         return DOMINANT_COLOUR[shape]
     others = [c for c in COLOUR_NAMES if c != DOMINANT_COLOUR[shape]]
     return others[rng.integers(len(others))]
 
 
-def _sample_kind(rng: np.random.Generator, dominant_prob: float = DOMINANT_PROB) -> tuple[str, str]:
+def _sample_kind(rng: np.random.Generator, dominant_prob: float) -> tuple[str, str]:
     shape = SHAPES[rng.integers(len(SHAPES))]
     return _sample_colour(rng, shape, dominant_prob), shape
 
