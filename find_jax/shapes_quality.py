@@ -211,10 +211,19 @@ def format_report(res: dict[str, Any]) -> str:
 # --- Positive controls (issue 18, item 2): a testbed must register a known improvement as one ----------------
 
 
-def colour_shift(latent_shape: tuple[int, int, int], colour: str, s: float, *, factor: int = 2) -> np.ndarray:
+def colour_shift(
+    latent_shape: tuple[int, int, int], colour: str, s: float, *, factor: int = 2, against: str | None = None
+) -> np.ndarray:
     """``mu [C, h, w]``: ``s * (2 rgb - 1)`` of the named world colour on every folded image channel, 0 on the
-    coordinate planes (channel ``(dy * f + dx) * 3 + c`` holds colour ``c``; ``decoders.space_to_depth``)."""
+    coordinate planes (channel ``(dy * f + dx) * 3 + c`` holds colour ``c``; ``decoders.space_to_depth``).
+
+    With ``against`` (a *contrast* shift), ``s * ((2 rgb - 1) - (2 rgb' - 1)) / 2`` instead: the same shift on
+    the colour channels where the named colour differs from ``against`` (e.g. the shape's dominant colour in
+    training) and 0 on those they share, so the noise moves only along what tells the two colours apart.
+    """
     rgb = 2.0 * np.asarray(world.COLOURS[colour], np.float32) - 1.0
+    if against is not None:
+        rgb = (rgb - (2.0 * np.asarray(world.COLOURS[against], np.float32) - 1.0)) / 2.0
     mu = np.zeros(latent_shape, np.float32)
     n_img = 3 * factor * factor
     for k in range(n_img):
@@ -238,6 +247,7 @@ def positive_control(
     n_eval: int = 64,
     seed: int = 7,
     shifts: Sequence[float] = (0.5, 1.0),
+    contrast: bool = False,
 ) -> dict[str, Any]:
     """Exact alignment of ``n_eval`` fresh draws from known-better Gaussians against the prior, per prompt.
 
@@ -248,6 +258,9 @@ def positive_control(
       ``n_search`` prior draws (as many as FIND's reward calls; a prompt with under two keeps the prior);
     * ``shift_S``: ``z + colour_shift(colour of the caption's first object, S)`` for each ``S`` in ``shifts``
       (README: a coherent shift towards the named colour);
+    * ``contrast_S`` (with ``contrast``): ``z + colour_shift(colour, S, against=the shape's dominant colour)``,
+      the shift on only the channels that tell the named colour from the one training drew that shape in; a
+      caption in its shape's dominant colour gets the prior (the contrast is 0);
     * ``selected``: per prompt, the candidate with the most exact images on a separate *selection* sample of
       ``n_eval`` draws (ties go to the earlier candidate, ``base`` first), scored on the evaluation draws. This is
       the known-good distribution of the control: chosen on data the evaluation never sees.
@@ -257,6 +270,7 @@ def positive_control(
     """
     shape = sampler.model.latent_shape
     names = ["base", "exact_fit", *(f"shift_{s:g}" for s in shifts)]
+    names += [f"contrast_{s:g}" for s in shifts] if contrast else []
     flags: dict[str, dict[str, list[bool]]] = {k: {} for k in (*names, "selected")}
     searched, chosen = {}, {}
     for i, p in enumerate(prompts):
@@ -267,19 +281,31 @@ def positive_control(
         ex_s = [r.exact for r in scorer.score_batch(sampler(x_s, p), [p] * n_search)]
         searched[p] = float(np.mean(ex_s))
         fit = fit_exact(x_s, ex_s)
-        colour = world.parse_caption(p).colour
+        cap = world.parse_caption(p)
+        colour, factor = cap.colour, sampler.model.factor
         mu_fit, sd_fit = (np.zeros(shape, np.float32), np.ones(shape, np.float32)) if fit is None else fit
         moves = {"base": (0.0, 1.0), "exact_fit": (mu_fit, sd_fit)}  # name -> (mu, sigma) of mu + sigma z
         for s in shifts:
-            moves[f"shift_{s:g}"] = (colour_shift(shape, colour, s, factor=sampler.model.factor), 1.0)
+            moves[f"shift_{s:g}"] = (colour_shift(shape, colour, s, factor=factor), 1.0)
+        for s in shifts if contrast else ():
+            against = world.DOMINANT_COLOUR[cap.shape]
+            moves[f"contrast_{s:g}"] = (colour_shift(shape, colour, s, factor=factor, against=against), 1.0)
 
         def exact(x, p=p):
             return [bool(r.exact) for r in scorer.score_batch(sampler(x, p), [p] * len(x))]
 
-        on_sel = {k: float(np.mean(exact(m + sd * z_sel))) for k, (m, sd) in moves.items()}
-        chosen[p] = max(names, key=lambda k: (on_sel[k], -names.index(k)))
+        # a move equal to the prior (a zero contrast) is the prior: its draws are the base's, not sampled again
+        same = {
+            k: k != "base" and np.all(np.asarray(m) == 0) and np.all(np.asarray(sd) == 1)
+            for k, (m, sd) in moves.items()
+        }
+        on_sel, out = {}, {}
         for k, (m, sd) in moves.items():
-            flags[k][p] = exact(m + sd * z)
+            on_sel[k] = on_sel["base"] if same[k] else float(np.mean(exact(m + sd * z_sel)))
+            out[k] = out["base"] if same[k] else exact(m + sd * z)
+        chosen[p] = max(names, key=lambda k: (on_sel[k], -names.index(k)))
+        for k in moves:
+            flags[k][p] = out[k]
         flags["selected"][p] = flags[chosen[p]][p]
     pooled = {k: proportion([f for v in d.values() for f in v]) for k, d in flags.items()}
     return {
@@ -292,6 +318,7 @@ def positive_control(
         "n_search": n_search,
         "n_eval": n_eval,
         "shifts": list(shifts),
+        "contrast": contrast,
     }
 
 

@@ -62,6 +62,11 @@ def main(argv: list[str] | None = None) -> None:
         dest="shifts",
         help="colour-shift size of a control candidate, per element (repeatable; default 0.5 and 1.0)",
     )
+    p.add_argument(
+        "--contrast",
+        action="store_true",
+        help="controls: add contrast shifts (only the channels where the colour differs from the shape's usual one)",
+    )
     a = p.parse_args(argv)
     if a.n < 1:
         p.error(f"--n must be >= 1; got {a.n}")
@@ -72,7 +77,9 @@ def main(argv: list[str] | None = None) -> None:
     if a.controls:
         sampler = quality.Sampler(quality.load_shapes_model(a.model), steps=a.steps, guidance=a.guidance)
         shifts = tuple(a.shifts or (0.5, 1.0))
-        res["controls"] = quality.positive_control(sampler, n_search=a.n_search, n_eval=a.n, shifts=shifts)
+        res["controls"] = quality.positive_control(
+            sampler, n_search=a.n_search, n_eval=a.n, shifts=shifts, contrast=a.contrast
+        )
         print(quality.format_control(res["controls"]), flush=True)
     if a.find_control:
         extra = {} if a.find_lr is None else {"lr": a.find_lr}

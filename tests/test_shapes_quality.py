@@ -251,6 +251,16 @@ def test_colour_shift_moves_each_folded_channel_towards_the_colour():
     np.testing.assert_allclose(img[3, 5], [0.5, 0.5, -0.5])  # every pixel shifted towards yellow
 
 
+def test_contrast_shift_moves_only_the_channels_that_tell_the_colours_apart():
+    mu = quality.colour_shift((14, 16, 16), "red", 0.5, against="yellow")  # red and yellow differ in green only
+    np.testing.assert_allclose(mu[:12, 0, 0], [0.0, -0.5, 0.0] * 4)
+    np.testing.assert_allclose(quality.colour_shift((14, 4, 4), "white", 1.0, against="red")[:3, 1, 2], [0, 1, 1])
+    np.testing.assert_allclose(  # yellow is blue's opposite: the contrast is the whole colour shift
+        quality.colour_shift((14, 4, 4), "yellow", 1.0, against="blue"), quality.colour_shift((14, 4, 4), "yellow", 1.0)
+    )
+    assert not quality.colour_shift((14, 4, 4), "red", 1.0, against="red").any()
+
+
 def test_fit_exact_uses_only_aligned_draws():
     x = np.arange(12, dtype=np.float32).reshape(4, 3, 1, 1)
     mu, sigma = quality.fit_exact(x, [True, False, True, False])
@@ -281,6 +291,28 @@ def test_positive_control_registers_a_known_improvement():
     assert res["per_prompt"]["a white circle"]["chosen"] == "shift_1"
     assert res["per_prompt"]["a white circle"]["search"] == 0.0
     assert "shift_1" in quality.format_control(res)
+
+
+def test_positive_control_contrast_candidates_and_the_prior_they_reuse():
+    calls = []
+
+    class Counting(_BrightSampler):
+        def __call__(self, x, prompt):
+            calls.append(prompt)
+            return super().__call__(x, prompt)
+
+    prompts = ["a white circle", "a red circle"]
+    res = quality.positive_control(Counting(), prompts, n_search=8, n_eval=16, shifts=(0.25, 1.0), contrast=True)
+    white = res["per_prompt"]["a white circle"]
+    # white vs red differs in green and blue: the contrast's channel mean is 2/3 s, over 0.5 at s = 1 only
+    assert white["contrast_1"] == 1.0 and white["contrast_0.25"] == 0.0 and white["chosen"] == "shift_1"
+    red = res["per_prompt"]["a red circle"]
+    assert red["contrast_1"] == red["base"] == 0.0  # red is the circle's usual colour: the contrast is the prior
+    # per prompt: the search sample, then selection + evaluation for base and two shifts (no search draw is
+    # exact, so exact_fit is the prior); the white circle's two contrasts add two pairs, the red circle's are
+    # the prior's draws (not sampled again)
+    assert calls.count("a white circle") == 1 + 2 * 5 and calls.count("a red circle") == 1 + 2 * 3
+    assert res["contrast"] is True and "contrast_1" in quality.format_control(res)
 
 
 def test_positive_control_selection_keeps_the_prior_when_nothing_beats_it():
