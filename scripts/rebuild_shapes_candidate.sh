@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Rebuilds the closest candidate for the next shipped shapes model (issue 18; README, "Is it a testbed that can
+# tell?"): the stronger-bias, larger-objects world, 3000 steps from scratch and two warm starts (9000 x 32 in all,
+# about 80 minutes on 2 CPU cores alone; measured 0.963 / 0.025 / 0.922 / 0.273 on (a)-(d)), then measures it.
+#
+#   nohup bash scripts/rebuild_shapes_candidate.sh [WORKDIR] > /dev/null 2>&1 &
+#
+# Every stage is a train_shapes.py run with its own workdir, so re-running this script after a stop resumes the
+# stage it was in (Orbax checkpoints every 250 steps) and skips the finished ones. Logs: WORKDIR/<stage>.log;
+# the candidate: WORKDIR/b99w2/model; the measurement: WORKDIR/b99w2/measure.log.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+WORK=${1:-runs/candidate}
+PY=${PYTHON:-.venv/bin/python}
+WORLD=(--object-sizes 10,14 --object-gap 3 --dominant-prob 0.99)
+mkdir -p "$WORK"
+
+stage() {  # stage NAME [train_shapes.py flags...]: skipped once its model is exported at its last step
+  local name=$1
+  shift
+  if [[ -f "$WORK/$name/done" ]]; then
+    echo "$name: done"
+    return
+  fi
+  echo "$name: training (log: $WORK/$name.log)"
+  mkdir -p "$WORK/$name"
+  "$PY" scripts/train_shapes.py --workdir "$WORK/$name" --out "$WORK/$name/model" "${WORLD[@]}" "$@" \
+    >> "$WORK/$name.log" 2>&1
+  touch "$WORK/$name/done"
+}
+
+stage b99
+stage b99w --init-from "$WORK/b99/model" --steps 3000 --seed 1 --lr 4e-4 --warmup-steps 100
+stage b99w2 --init-from "$WORK/b99w/model" --steps 3000 --seed 2 --lr 2e-4 --warmup-steps 100 --lr-final-fraction 0.05
+"$PY" scripts/measure_shapes.py --model "$WORK/b99w2/model" > "$WORK/b99w2/measure.log" 2>&1
+echo "measured: $WORK/b99w2/measure.log"
