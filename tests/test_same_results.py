@@ -3,7 +3,10 @@
 ``tests/fixtures/main_job`` holds what ``find-jax --cpu-devices 2 optimize --prompt "a green circle"`` (``make
 run``) produced at commit d190898, before the single-prompt path became a prompt set of one through the one loop
 (``scripts/record_main_job.py`` writes it). The rerun must give the same mu and sigma, final draws and rewards,
-and the same value of every metric of every iteration (timings aside), bit for bit.
+and the same value of every metric of every iteration (timings aside). Bit for bit on the machine type that
+recorded it; XLA's CPU code differs with the instruction set (on an AMD EPYC without AVX-512, 2026-12-03, mu
+differed by up to 2.3e-4 and sigma by 2.1e-4 after 150 iterations, every reward was equal), so floats are compared
+to ``ATOL`` / ``RTOL`` (about 10x that drift) and the rewards and counts exactly.
 """
 
 from __future__ import annotations
@@ -18,6 +21,23 @@ import numpy as np
 import pytest
 
 FIXTURE = Path(__file__).parent / "fixtures" / "main_job"
+ATOL = 3e-3  # float state (mu, sigma, final latents): |got - recorded| <= ATOL + RTOL * |recorded|
+RTOL = 1e-3
+METRIC_RTOL = 0.05  # float metrics; the importance ratios are exp(log-ratio differences) and amplify the drift
+
+
+def assert_metrics_match(got: list[dict], want: list[dict]) -> None:
+    """Same keys per iteration; rewards, counts and flags exactly; other floats to ``METRIC_RTOL``."""
+    assert len(got) == len(want)
+    for i, (g, w) in enumerate(zip(got, want, strict=True)):
+        assert g.keys() == w.keys(), i
+        for k, v in w.items():
+            if k.startswith(("reward", "rewards/", "replay/", "params/")) or k == "step" or not isinstance(v, float):
+                assert g[k] == v, (i, k, g[k], v)
+            elif k == "rca/clip_frac":  # a share of the 8 draws: one draw at the clip edge may cross it
+                assert abs(g[k] - v) <= 1 / 8 + 1e-6, (i, k, g[k], v)
+            else:
+                np.testing.assert_allclose(g[k], v, rtol=METRIC_RTOL, atol=1e-4, err_msg=f"iteration {i}, {k}")
 
 
 @pytest.mark.slow
@@ -38,10 +58,10 @@ def test_main_job_equals_the_recording_made_before_the_redesign(tmp_path):
     want = np.load(FIXTURE / "state.npz")
     state = load_state(wd)
     assert int(state.step) == 150
-    np.testing.assert_array_equal(np.asarray(state.policy.mu), want["mu"])
-    np.testing.assert_array_equal(np.asarray(state.sigma), want["sigma"])
-    np.testing.assert_array_equal(np.load(wd / "final_latents.npy"), want["final_latents"])
+    np.testing.assert_allclose(np.asarray(state.policy.mu), want["mu"], rtol=RTOL, atol=ATOL)
+    np.testing.assert_allclose(np.asarray(state.sigma), want["sigma"], rtol=RTOL, atol=ATOL)
+    np.testing.assert_allclose(np.load(wd / "final_latents.npy"), want["final_latents"], rtol=RTOL, atol=ATOL)
     np.testing.assert_array_equal(np.load(wd / "final_rewards.npy"), want["final_rewards"])
     got = [{k: v for k, v in r.items() if not k.startswith("time/")} for r in read_metrics(wd / "metrics.jsonl")]
-    assert got == record["metrics"]
+    assert_metrics_match(got, record["metrics"])
     assert json.loads((wd / "config.json").read_text())["config"] == record["config"]
