@@ -5,8 +5,8 @@ run``) produced at commit d190898, before the single-prompt path became a prompt
 (``scripts/record_main_job.py`` writes it). The rerun must give the same mu and sigma, final draws and rewards,
 and the same value of every metric of every iteration (timings aside). Bit for bit on the machine type that
 recorded it; XLA's CPU code differs with the instruction set (on an AMD EPYC without AVX-512, 2026-12-03, mu
-differed by up to 2.3e-4 and sigma by 2.1e-4 after 150 iterations, every reward was equal), so floats are compared
-to ``ATOL`` / ``RTOL`` (about 10x that drift) and the rewards and counts exactly.
+differed by up to 2.3e-4 and sigma by 2.1e-4 after 150 iterations, every reward was equal), so float state is compared
+to about 4x that drift (``STATE_ATOL``) and the rewards and counts exactly.
 """
 
 from __future__ import annotations
@@ -21,8 +21,8 @@ import numpy as np
 import pytest
 
 FIXTURE = Path(__file__).parent / "fixtures" / "main_job"
-ATOL = 3e-3  # float state (mu, sigma, final latents): |got - recorded| <= ATOL + RTOL * |recorded|
-RTOL = 1e-3
+# |got - recorded| allowed in the float state; the drift measured without AVX-512 was 2.3e-4 / 2.1e-4 / 4.3e-4
+STATE_ATOL = {"mu": 1e-3, "sigma": 1e-3, "final_latents": 2e-3}
 METRIC_RTOL = 0.05  # float metrics; the importance ratios are exp(log-ratio differences) and amplify the drift
 
 
@@ -32,7 +32,7 @@ def assert_metrics_match(got: list[dict], want: list[dict]) -> None:
     for i, (g, w) in enumerate(zip(got, want, strict=True)):
         assert g.keys() == w.keys(), i
         for k, v in w.items():
-            if k.startswith(("reward", "rewards/", "replay/", "params/")) or k == "step" or not isinstance(v, float):
+            if k.startswith(("reward", "replay/", "params/")) or k == "step" or not isinstance(v, float):
                 assert g[k] == v, (i, k, g[k], v)
             elif k == "rca/clip_frac":  # a share of the 8 draws: one draw at the clip edge may cross it
                 assert abs(g[k] - v) <= 1 / 8 + 1e-6, (i, k, g[k], v)
@@ -58,9 +58,9 @@ def test_main_job_equals_the_recording_made_before_the_redesign(tmp_path):
     want = np.load(FIXTURE / "state.npz")
     state = load_state(wd)
     assert int(state.step) == 150
-    np.testing.assert_allclose(np.asarray(state.policy.mu), want["mu"], rtol=RTOL, atol=ATOL)
-    np.testing.assert_allclose(np.asarray(state.sigma), want["sigma"], rtol=RTOL, atol=ATOL)
-    np.testing.assert_allclose(np.load(wd / "final_latents.npy"), want["final_latents"], rtol=RTOL, atol=ATOL)
+    got_state = {"mu": state.policy.mu, "sigma": state.sigma, "final_latents": np.load(wd / "final_latents.npy")}
+    for name, atol in STATE_ATOL.items():
+        np.testing.assert_allclose(np.asarray(got_state[name]), want[name], rtol=0, atol=atol, err_msg=name)
     np.testing.assert_array_equal(np.load(wd / "final_rewards.npy"), want["final_rewards"])
     got = [{k: v for k, v in r.items() if not k.startswith("time/")} for r in read_metrics(wd / "metrics.jsonl")]
     assert_metrics_match(got, record["metrics"])
