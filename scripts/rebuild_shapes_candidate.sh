@@ -12,6 +12,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 WORK=${1:-runs/candidate}
 PY=${PYTHON:-.venv/bin/python}
+# Data parallel over the two CPU cores (1.09 s/step against 1.5 s/step on one device, AVX2-only EPYC, batch 32).
+export FIND_JAX_CPU_DEVICES=${FIND_JAX_CPU_DEVICES:-2}
 WORLD=(--object-sizes 10,14 --object-gap 3 --dominant-prob 0.99)
 mkdir -p "$WORK"
 
