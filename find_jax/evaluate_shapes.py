@@ -197,6 +197,7 @@ def method_config(method: Method, prompt: str, *, calls: int, **fields: Any):
 def evaluate(
     workdir: str | Path,
     *,
+    model: str | None = None,
     rare: Sequence[str] = RARE,
     common: Sequence[str] = COMMON,
     ablation: Sequence[str] = ABLATION,
@@ -220,6 +221,8 @@ def evaluate(
     (``find_jax.optimize.run_batch``, ``batch_prompts`` prompts at a time; resumable in ``workdir/<method>``),
     then ``n_images`` fresh draws of each learned distribution with the same z as the base. ``on_update(results)``
     is called with the results so far after the bases and after each method (the script writes them).
+    ``model``: a saved shapes-model directory (default: the shipped one), e.g. a candidate before it is shipped;
+    its ``find_defaults.json`` sets the sampler unless ``steps`` / ``guidance`` are given.
     """
     from find_jax import envs as environments
     from find_jax.envs.base import bind_one
@@ -233,9 +236,10 @@ def evaluate(
     if len(set(names)) != len(names):
         raise ValueError(f"method names repeat: {names}")
     workdir = Path(workdir)
-    model = environments.load_model(None)
     sampler_kw = {"steps": steps} | ({"guidance": guidance} if guidance is not None else {})
+    sampler_kw |= {"model": model} if model is not None else {}
     fields = {"seed": seed, **sampler_kw}
+    model = environments.load_model(model)
     method_cfgs = {m.name: method_config(m, "x", calls=calls, **fields) for m in methods}  # refuses bad specs
     workdir.mkdir(parents=True, exist_ok=True)
     base_cfg = make_config("paper", prompt="x", **sampler_kw)
@@ -321,6 +325,7 @@ def _results(rows, n_images, calls, base_cfg, seed, model, methods) -> dict[str,
         "steps": base_cfg.steps,
         "guidance": base_cfg.guidance,
         "seed": seed,
+        "model": base_cfg.model,  # None = the shipped model
         "model_fingerprint": model.fingerprint,
         "methods": {m.name: {"preset": m.preset, "overrides": dict(m.overrides)} for m in methods},
     }

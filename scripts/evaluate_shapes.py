@@ -26,6 +26,7 @@ def main(argv: list[str] | None = None) -> None:
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--workdir", required=True, help="where FIND runs and results go")
+    p.add_argument("--model", default=None, help="saved shapes-model directory (default: the shipped model)")
     p.add_argument("--set", choices=("eval", "tuning"), default="eval", help="evaluation sets or the tuning set")
     p.add_argument("--num-images", type=int, default=64, help="fresh samples per prompt and method")
     p.add_argument("--calls", type=int, default=150, help="reward calls per prompt and method (FIND: iterations x N)")
@@ -49,6 +50,7 @@ def main(argv: list[str] | None = None) -> None:
     args = p.parse_args(argv)
     enable_compilation_cache()
     kw = dict(
+        model=args.model,
         n_images=args.num_images,
         calls=args.calls,
         steps=args.steps,

@@ -168,10 +168,12 @@ def test_every_method_spends_the_same_reward_calls():
 
 @pytest.mark.slow
 def test_evaluate_script_quick_writes_the_equal_calls_table(tmp_path, capsys):
-    """`scripts/evaluate_shapes.py --quick` end to end on the shipped model: every method spends the same calls,
-    the learned distributions are scored on fresh draws, and a rerun resumes the finished runs."""
+    """`scripts/evaluate_shapes.py --quick` end to end on the shipped model, named by `--model` as a candidate
+    would be: every method spends the same calls, the learned distributions are scored on fresh draws, and a
+    rerun resumes the finished runs."""
     import json
 
+    from find_jax.shapes_sampler import DEFAULT_MODEL_DIR
     from tests.script_loader import load_script
 
     script = load_script("evaluate_shapes")
@@ -184,10 +186,10 @@ def test_evaluate_script_quick_writes_the_equal_calls_table(tmp_path, capsys):
         "--method",
         "find_n10=paper:samples_per_iter=10,replay_size=20",
     ]
-    argv += ["--method", "find_grid1_lr3e-2", "--batch-prompts", "2"]
+    argv += ["--method", "find_grid1_lr3e-2", "--batch-prompts", "2", "--model", DEFAULT_MODEL_DIR]
     script.main(argv)
     res = json.loads((tmp_path / "ev" / "results.json").read_text())
-    assert res["settings"]["calls"] == 20
+    assert res["settings"]["calls"] == 20 and res["settings"]["model"] == DEFAULT_MODEL_DIR
     rows = res["prompts"]
     assert set(rows) == {ev.RARE[0], ev.COMMON[0]}
     for row in rows.values():
@@ -198,7 +200,7 @@ def test_evaluate_script_quick_writes_the_equal_calls_table(tmp_path, capsys):
     metrics = (tmp_path / "ev" / "find_n10" / "000-a-green-circle" / "metrics.jsonl").read_text().splitlines()
     assert len(metrics) == 2  # 2 iterations x 10 samples
     grid = json.loads((tmp_path / "ev" / "find_grid1_lr3e-2" / "000-a-green-circle" / "config.json").read_text())
-    assert grid["config"]["mu_grid"] == 1
+    assert grid["config"]["mu_grid"] == 1 and grid["config"]["model"] == DEFAULT_MODEL_DIR
     md = (tmp_path / "ev" / "results.md").read_text()
     assert "| rare | best_of_n | 1 |" in md and "| common | find_n10 | 1 |" in md
     script.main(argv)  # resumes: the runs are done, the table is rewritten with the same numbers
