@@ -174,10 +174,12 @@ def test_config_round_trips_and_bad_values_raise(tmp_path):
     bigger = dataclasses.replace(cfg, world=world.Geometry(10, 14, 3, dominant_prob=0.99))
     assert config_from_dict(json.loads(json.dumps(config_to_dict(bigger)))) == bigger
     old = {k: v for k, v in config_to_dict(cfg).items() if k != "world"}  # a config.json from before the field
-    assert config_from_dict(old) == cfg and cfg.world == world.SHIPPED_GEOMETRY
+    assert config_from_dict(old) == dataclasses.replace(cfg, world=world.LEGACY_GEOMETRY)
+    no_bias = {**config_to_dict(bigger), "world": {"min_size": 10, "max_size": 14, "gap": 3}}  # before dominant_prob
+    assert config_from_dict(no_bias).world == world.Geometry(10, 14, 3, world.LEGACY_GEOMETRY.dominant_prob)
     (tmp_path / "old").mkdir()
     (tmp_path / "old" / "config.json").write_text(json.dumps(old))
-    _check_config(str(tmp_path / "old"), cfg)  # an old run resumes with the shipped geometry
+    _check_config(str(tmp_path / "old"), dataclasses.replace(cfg, world=world.LEGACY_GEOMETRY))  # its world
     with pytest.raises(ValueError, match=r"different config \(fields \['world'\]\)"):
         _check_config(str(tmp_path / "old"), bigger)
     with pytest.raises(ValueError, match="do not fit"):

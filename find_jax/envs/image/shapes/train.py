@@ -89,7 +89,7 @@ def config_to_dict(config: TrainConfig) -> dict[str, Any]:
 def config_from_dict(d: dict[str, Any]) -> TrainConfig:
     d = dict(d)
     m = {k: tuple(v) if isinstance(v, list) else v for k, v in d.pop("model").items()}
-    geometry = world.Geometry(**d.pop("world", {}))  # runs from before the field: the shipped geometry
+    geometry = dataclasses.replace(world.LEGACY_GEOMETRY, **d.pop("world", {}))  # older runs: fields they lack
     return TrainConfig(**d, model=shapes_model.ShapesModelConfig(**m), world=geometry)
 
 

@@ -113,6 +113,9 @@ class Geometry:
 
 
 SHIPPED_GEOMETRY = Geometry()
+# The world of every model trained before ``Geometry`` had a field: a ``config.json`` / ``training.json`` that
+# lacks ``world`` (or one of its fields) was drawn with these values, whatever the defaults are now.
+LEGACY_GEOMETRY = Geometry(min_size=7, max_size=12, gap=2, dominant_prob=0.9)
 
 
 @dataclasses.dataclass(frozen=True)
