@@ -3,7 +3,9 @@
     FIND_JAX_CPU_DEVICES=2 python scripts/train_shapes.py --workdir runs/train_shapes \
         --out find_jax/envs/image/shapes/assets/shapes_model
 
-The defaults are the shipped model's settings (``training.json`` in the model directory records them).
+The defaults are the first of the shipped model's three runs: 3000 steps from scratch on the default world
+(``scripts/rebuild_shapes_model.sh`` runs all three, the two warm starts with ``--init-from``; ``training.json``
+in the model directory records the last run's settings and the run it started from).
 ``FIND_JAX_CPU_DEVICES=2`` trains data parallel over two CPU cores (any several local devices are used).
 Ctrl-C or SIGTERM finishes the current step, checkpoints and exports it, and exits 130 / 143; ``--max-minutes``
 stops the same way after a time budget.

@@ -1,7 +1,7 @@
 """Bad-input paths of the developers' shell scripts (the GPU benchmark and the newer-stack check).
 
 Their real work needs a GPU or several GB of downloads, so only what they refuse is tested here: each refusal
-exits 2 with a message and leaves the user's files alone (DESIGN.md section 8). The shapes-candidate rebuild is
+exits 2 with a message and leaves the user's files alone (DESIGN.md section 8). The shapes-model rebuild is
 checked for which stages it runs, with a stand-in for Python."""
 
 from __future__ import annotations
@@ -77,25 +77,24 @@ def test_newer_stack_check_never_deletes_a_foreign_folder(tmp_path):
     assert (target / "notes.md").read_text() == "keep me"
 
 
-def test_candidate_rebuild_goes_on_from_the_last_stage_kept_in_the_repository(tmp_path):
-    """With stage b99w kept (its model directory under CANDIDATES), only b99w2 trains, warm-started from the kept
+def test_model_rebuild_goes_on_from_the_last_stage_kept(tmp_path):
+    """With stage `warm` kept (its model directory under KEPT), only `anneal` trains, warm-started from the kept
     model, and the result is measured; with nothing kept all three stages train in order."""
     calls = tmp_path / "calls.txt"
     fake = tmp_path / "python"
     fake.write_text(f'#!/usr/bin/env bash\necho "$*" >> {calls}\n')
     fake.chmod(0o755)
-    kept = tmp_path / "candidates" / "b99w"
+    kept = tmp_path / "kept" / "warm"
     kept.mkdir(parents=True)
     (kept / "training.json").write_text("{}")
     work = tmp_path / "work"
-    env = {"PYTHON": str(fake), "CANDIDATES": str(tmp_path / "candidates")}
-    proc = _bash("rebuild_shapes_candidate.sh", str(work), **env)
+    proc = _bash("rebuild_shapes_model.sh", str(work), PYTHON=str(fake), KEPT=str(tmp_path / "kept"))
     assert proc.returncode == 0, proc.stderr
     lines = calls.read_text().splitlines()
-    assert len(lines) == 2 and "--workdir " + str(work / "b99w2") in lines[0], lines
-    assert f"--init-from {work}/b99w/model" in lines[0] and (work / "b99w" / "model" / "training.json").is_file()
-    assert lines[1].startswith("scripts/measure_shapes.py --model " + str(work / "b99w2" / "model"))
+    assert len(lines) == 2 and "--workdir " + str(work / "anneal") in lines[0], lines
+    assert f"--init-from {work}/warm/model" in lines[0] and (work / "warm" / "model" / "training.json").is_file()
+    assert lines[1].startswith("scripts/measure_shapes.py --model " + str(work / "anneal" / "model"))
     calls.unlink()
-    proc = _bash("rebuild_shapes_candidate.sh", str(tmp_path / "fresh"), PYTHON=str(fake), CANDIDATES=str(tmp_path))
+    proc = _bash("rebuild_shapes_model.sh", str(tmp_path / "fresh"), PYTHON=str(fake), KEPT=str(tmp_path))
     stages = [line.split("--workdir ")[1].split()[0] for line in calls.read_text().splitlines()[:-1]]
-    assert proc.returncode == 0 and stages == [str(tmp_path / "fresh" / s) for s in ("b99", "b99w", "b99w2")]
+    assert proc.returncode == 0 and stages == [str(tmp_path / "fresh" / s) for s in ("scratch", "warm", "anneal")]

@@ -33,15 +33,19 @@ def test_images_are_pure_palette_colours():
     assert set(map(tuple, images.reshape(-1, 3).tolist())) <= palette
 
 
-def test_colour_bias(scenes):
+@pytest.mark.parametrize(
+    "geometry, lo, hi", [(world.SHIPPED_GEOMETRY, 0.97, 0.999), (world.LEGACY_GEOMETRY, 0.85, 0.95)]
+)
+def test_colour_bias(geometry, lo, hi):
+    rng = np.random.default_rng(123)
     by_shape: dict[str, Counter] = {s: Counter() for s in world.SHAPES}
-    for objects, _ in scenes:
-        for o in objects:
+    for _ in range(3000):
+        for o in world.sample_scene(rng, geometry)[0]:
             by_shape[o.shape][o.colour] += 1
     for shape, dominant in world.DOMINANT_COLOUR.items():
         c = by_shape[shape]
         frac = c[dominant] / sum(c.values())
-        assert 0.85 <= frac <= 0.95, (shape, frac)
+        assert lo <= frac <= hi, (shape, frac)
         assert set(c) <= set(world.COLOUR_NAMES)
 
 
@@ -64,7 +68,7 @@ def test_objects_fit_and_keep_apart(scenes):
 
 
 def test_another_geometry_sets_sizes_and_gap_and_keeps_captions_true():
-    g = world.Geometry(min_size=10, max_size=14, gap=3)
+    g = world.LEGACY_GEOMETRY  # 7-12 px, gap 2
     rng = np.random.default_rng(5)
     sizes = set()
     for _ in range(600):
@@ -74,8 +78,8 @@ def test_another_geometry_sets_sizes_and_gap_and_keeps_captions_true():
             sizes.add(a.size)
             assert 0 <= a.row0 and a.row0 + a.size <= world.IMAGE_SIZE
             for b in objects[i + 1 :]:
-                assert world._separated(a, b, 3) and not world._separated(a, b, 40)
-    assert sizes == set(range(10, 15))
+                assert world._separated(a, b, 2) and not world._separated(a, b, 40)
+    assert sizes == set(range(7, 13))
     images, _ = world.sample_batch(world.batch_rng(1, 0), 8, g)
     default, _ = world.sample_batch(world.batch_rng(1, 0), 8)
     assert images.shape == default.shape and not np.array_equal(images, default)
@@ -83,8 +87,9 @@ def test_another_geometry_sets_sizes_and_gap_and_keeps_captions_true():
 
 def test_the_default_geometry_is_the_shipped_world():
     assert world.SHIPPED_GEOMETRY == world.Geometry(world.MIN_SIZE, world.MAX_SIZE, world.GAP) == world.Geometry()
+    assert world.SHIPPED_GEOMETRY == world.Geometry(10, 14, 3, 0.99)  # the shipped model's training.json says so
     a, ca = world.sample_batch(world.batch_rng(2, 9), 16)
-    b, cb = world.sample_batch(world.batch_rng(2, 9), 16, world.Geometry(7, 12, 2))
+    b, cb = world.sample_batch(world.batch_rng(2, 9), 16, world.Geometry(10, 14, 3, 0.99))
     np.testing.assert_array_equal(a, b)
     assert ca == cb
 
@@ -101,11 +106,11 @@ def test_dominant_prob_sets_the_colour_bias():
         objs = [world.sample_scene(rng, g)[0][0] for _ in range(n)]  # one fresh colour draw per scene
         return np.mean([o.colour != world.DOMINANT_COLOUR[o.shape] for o in objs]), len(objs)
 
-    shipped, n0 = rare_share(world.Geometry())
-    strong, n1 = rare_share(world.Geometry(dominant_prob=0.99))
+    legacy, n0 = rare_share(world.LEGACY_GEOMETRY)
+    shipped, n1 = rare_share(world.Geometry())
     # The first object of a scene is one colour draw: its rare share is 1 - dominant_prob (binomial, +-4 sd).
-    assert abs(shipped - 0.10) < 4 * np.sqrt(0.09 / n0)
-    assert abs(strong - 0.01) < 4 * np.sqrt(0.0099 / n1)
+    assert abs(legacy - 0.10) < 4 * np.sqrt(0.09 / n0)
+    assert abs(shipped - 0.01) < 4 * np.sqrt(0.0099 / n1)
     for bad in (1.0, 0.1, float("nan")):
         with pytest.raises(ValueError, match="dominant_prob"):
             world.Geometry(dominant_prob=bad).validate()

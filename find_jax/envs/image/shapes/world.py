@@ -3,10 +3,11 @@
 The world is fixed so that anyone can score it independently (DESIGN.md §6):
 
 * images are 32x32 RGB, black background, flat objects in one of six pure colours, no anti-aliasing;
-* shapes are circle, square and upright triangle with a square bounding box of 7-12 px; objects never
+* shapes are circle, square and upright triangle with a square bounding box of 10-14 px; objects never
   overlap (their bounding boxes keep a gap of at least :data:`GAP` px, so same-coloured objects stay
   separate connected components); these sizes and the gap are the shipped :class:`Geometry`, and a training
-  run may draw its data with another one (``TrainConfig.world``, recorded in ``training.json``);
+  run may draw its data with another one (``TrainConfig.world``, recorded in ``training.json``; the models
+  before issue 18 used :data:`LEGACY_GEOMETRY`, 7-12 px, gap 2, a 90% bias);
 * captions take exactly four forms (lower case, no final period)::
 
       a {colour} {shape}
@@ -21,9 +22,9 @@ Geometry convention (shared with the scorer, ``reward_models.shapes``): pixel ``
 :data:`MARGIN` px on every such inequality so that a slightly imperfect generated image still scores the
 same.
 
-Training bias (the paper's "green dog" effect): a circle is red 90% of the time, a square blue 90%, a
-triangle yellow 90% (``Geometry.dominant_prob``, which a training run may set), the other five colours share
-the remaining 10% equally; an image holds one object 70% of the time, two 20%, three 7%, four 3%. Captions
+Training bias (the paper's "green dog" effect): a circle is red 99% of the time, a square blue 99%, a
+triangle yellow 99% (``Geometry.dominant_prob``, which a training run may set), the other five colours share
+the remaining 1% equally; an image holds one object 70% of the time, two 20%, three 7%, four 3%. Captions
 always describe their image truthfully:
 
 * one object: a plain caption half the time, a positional one (uniform over the four positions) otherwise;
@@ -44,9 +45,11 @@ from typing import Literal
 import numpy as np
 
 IMAGE_SIZE = 32  # images are IMAGE_SIZE x IMAGE_SIZE x 3
-MIN_SIZE = 7  # smallest bounding-box side of an object, px
-MAX_SIZE = 12  # largest bounding-box side of an object, px
-GAP = 2  # minimum empty px between two objects' bounding boxes
+# Larger, better separated objects than the first models' 7-12 px with a 2 px gap: fewer labels hang on a
+# speck or a corner (README, "Is it a testbed that can tell?"); four of the largest still fit as a 2x2 grid.
+MIN_SIZE = 10  # smallest bounding-box side of an object, px
+MAX_SIZE = 14  # largest bounding-box side of an object, px
+GAP = 3  # minimum empty px between two objects' bounding boxes
 MARGIN = 1.0  # minimum px distance of a centre from the midline / from the other centre, in the generator
 
 COLOURS: dict[str, tuple[float, float, float]] = {
@@ -60,7 +63,9 @@ COLOURS: dict[str, tuple[float, float, float]] = {
 COLOUR_NAMES: tuple[str, ...] = tuple(COLOURS)
 SHAPES: tuple[str, ...] = ("circle", "square", "triangle")
 DOMINANT_COLOUR: dict[str, str] = {"circle": "red", "square": "blue", "triangle": "yellow"}
-DOMINANT_PROB = 0.9  # probability that a shape has its dominant colour
+# Probability that a shape has its dominant colour. 0.99 (0.9 before issue 18): at 0.9 a rare pair is 2% of its
+# shape's objects, which a model trained to crisp labels learns, so the bias stopped biting.
+DOMINANT_PROB = 0.99
 COUNT_PROBS: dict[int, float] = {1: 0.70, 2: 0.20, 3: 0.07, 4: 0.03}  # objects per image
 COUNT_WORDS: dict[int, str] = {2: "two", 3: "three", 4: "four"}
 POSITIONS: tuple[str, ...] = ("on the left", "on the right", "at the top", "at the bottom")
