@@ -14,6 +14,7 @@ FIND runs are checkpointed in ``WORKDIR/<method>/<prompt>``: an interrupted eval
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 from pathlib import Path
 
@@ -72,7 +73,8 @@ def main(argv: list[str] | None = None) -> None:
         (out / "results.md").write_text(md)
         return md
 
-    print(write(ev.evaluate(args.workdir, on_update=write, **kw)))
+    log = functools.partial(print, flush=True)  # progress shows in a redirected log (nohup) as it happens
+    print(write(ev.evaluate(args.workdir, on_update=write, log=log, **kw)))
 
 
 if __name__ == "__main__":
