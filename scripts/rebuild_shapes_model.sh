@@ -3,7 +3,8 @@
 # from its commands and measures it (scripts/measure_shapes.py: issue 18's (a)-(d)). Three train_shapes.py runs on
 # the 10-14 px, 99%-bias world (the defaults of train_shapes.py since 2026-12-04): 3000 steps of batch 32 from
 # scratch, then two warm starts of 3000 (lr 4e-4; then 2e-4 annealed to 0.05x). 9000 x 32 in all, about 100
-# minutes on 2 CPU cores alone (33 min the last stage, 2026-12-04); measured 0.963 / 0.025 / 0.922 / 0.273.
+# minutes on 2 CPU cores alone (33 min the last stage, 2026-12-04). The shipped build measured 0.942 / 0.017 /
+# 0.930 / 0.297, an earlier one 0.963 / 0.025 / 0.922 / 0.273 (floats differ across CPU types; README).
 #
 #   nohup bash scripts/rebuild_shapes_model.sh [WORKDIR] > /dev/null 2>&1 &
 #
@@ -19,6 +20,7 @@ WORK=${1:-runs/shapes_model}
 PY=${PYTHON:-.venv/bin/python}
 # Data parallel over the two CPU cores (1.09 s/step against 1.5 s/step on one device, AVX2-only EPYC, batch 32).
 export FIND_JAX_CPU_DEVICES=${FIND_JAX_CPU_DEVICES:-2}
+# The world, spelled out so that the recipe stays this one if train_shapes.py's defaults move again.
 WORLD=(--object-sizes 10,14 --object-gap 3 --dominant-prob 0.99)
 KEPT=${KEPT:-runs/kept_stages}
 STAGES=(scratch warm anneal)

@@ -1,7 +1,6 @@
 """Trains the shapes-world text-to-image model (resumes when re-run with the same --workdir).
 
-    FIND_JAX_CPU_DEVICES=2 python scripts/train_shapes.py --workdir runs/train_shapes \
-        --out find_jax/envs/image/shapes/assets/shapes_model
+    FIND_JAX_CPU_DEVICES=2 python scripts/train_shapes.py --workdir runs/train_shapes --out runs/train_shapes/model
 
 The defaults are the first of the shipped model's three runs: 3000 steps from scratch on the default world
 (``scripts/rebuild_shapes_model.sh`` runs all three, the two warm starts with ``--init-from``; ``training.json``

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 
 import numpy as np
 import pytest
 
+from find_jax.envs import shipped_model_dir
 from find_jax.envs.image.shapes import tokenizer as shapes_tokenizer
 from find_jax.envs.image.shapes import world
 
@@ -87,7 +89,8 @@ def test_another_geometry_sets_sizes_and_gap_and_keeps_captions_true():
 
 def test_the_default_geometry_is_the_shipped_world():
     assert world.SHIPPED_GEOMETRY == world.Geometry(world.MIN_SIZE, world.MAX_SIZE, world.GAP) == world.Geometry()
-    assert world.SHIPPED_GEOMETRY == world.Geometry(10, 14, 3, 0.99)  # the shipped model's training.json says so
+    trained = json.loads((shipped_model_dir() / "training.json").read_text())["config"]["world"]
+    assert world.SHIPPED_GEOMETRY == world.Geometry(**trained)  # the world the shipped model was trained on
     a, ca = world.sample_batch(world.batch_rng(2, 9), 16)
     b, cb = world.sample_batch(world.batch_rng(2, 9), 16, world.Geometry(10, 14, 3, 0.99))
     np.testing.assert_array_equal(a, b)
