@@ -87,13 +87,15 @@ KNOWN_METHODS = {
     "find_no_rca": Method("find_no_rca", "paper", (("use_rca", False),), ablation=True),
 }
 METHODS = tuple(KNOWN_METHODS)
-# The same calls spent differently (issue 18, item 3), each the best of its family on the TUNING prompts (README,
-# "FIND at equal reward calls"): lr in {1e-2, 3e-2, 1e-1}; N in {5, 10} samples per iteration at lr 3e-2; mu on a
-# 1x1 or 4x4 grid per channel at lr in {1e-2, 3e-2, 1e-1} (grid 1 had the best exact alignment, grid 4 the best
-# mean reward, so both are kept). ``--method`` adds others.
+# The same calls spent differently (issue 18, item 3), each the best of its family on the TUNING prompts of the
+# shipped model (README, "FIND at equal reward calls"; re-tuned 2026-12-04): lr in {1e-2, 3e-2, 1e-1}; N in {5, 10}
+# samples per iteration at lr 3e-2 (replay of the last 2N samples); mu on a 1x1 or 4x4 grid per channel at lr in
+# {1e-2, 3e-2, 1e-1} (one of each grid size). ``--method`` adds others.
 VARIANTS = {
     "find_lr1e-2": Method("find_lr1e-2", "paper", (("lr", 0.01),)),
-    "find_n5_lr3e-2": Method("find_n5_lr3e-2", "paper", (("lr", 0.03), ("replay_size", 10), ("samples_per_iter", 5))),
+    "find_n10_lr3e-2": Method(
+        "find_n10_lr3e-2", "paper", (("lr", 0.03), ("replay_size", 20), ("samples_per_iter", 10))
+    ),
     "find_grid1_lr3e-2": Method("find_grid1_lr3e-2", "paper", (("lr", 0.03), ("mu_grid", 1))),
     "find_grid4_lr3e-2": Method("find_grid4_lr3e-2", "paper", (("lr", 0.03), ("mu_grid", 4))),
 }

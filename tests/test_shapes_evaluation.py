@@ -158,8 +158,8 @@ def test_every_method_spends_the_same_reward_calls():
     for name in ev.EQUAL_CALLS:
         cfg = ev.method_config(ev.KNOWN_METHODS[name], "a green circle", calls=150)
         assert cfg.iterations * cfg.samples_per_iter == 150, name
-    n5 = ev.method_config(ev.KNOWN_METHODS["find_n5_lr3e-2"], "a green circle", calls=150)
-    assert (n5.iterations, n5.samples_per_iter, n5.lr) == (30, 5, 0.03)
+    n10 = ev.method_config(ev.KNOWN_METHODS["find_n10_lr3e-2"], "a green circle", calls=150)
+    assert (n10.iterations, n10.samples_per_iter, n10.replay_size, n10.lr) == (15, 10, 20, 0.03)
     with pytest.raises(ValueError, match="not the evaluation's 150"):
         ev.method_config(ev.parse_method("n7=paper:samples_per_iter=7,replay_size=8"), "a green circle", calls=150)
     with pytest.raises(ValueError, match="not the evaluation's 150"):
